@@ -1,0 +1,1 @@
+"""Pure decision code: chunking, retry, routing, limits."""

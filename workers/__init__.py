@@ -1,0 +1,1 @@
+"""Workers: the dramatiq actors and the movers they run."""
