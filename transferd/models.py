@@ -10,6 +10,7 @@ from transferd.states import FileState, JobState
 
 
 class Role(StrEnum):
+    READER = "reader"  # may only read its own tenant's jobs
     SUBMITTER = "submitter"
     OPERATOR = "operator"
     ADMIN = "admin"

@@ -1,21 +1,185 @@
-"""The job store: Redis as the single source of truth (CONTRACT SKELETON, being implemented).
+"""The job store: Redis as the single source of truth for jobs, files and queues.
 
-Every state change is one atomic step (Lua script) whose decision comes from
-``transferd.states``.  All methods are async (``redis.asyncio``).
+The key layout and the methods are the contract in docs/contracts.md.  A job
+and its files are written in one MULTI (guarded by WATCH for idempotency);
+every later file transition is one Lua script (transferd/store_lua.py) that is
+fed the allowed transitions from ``transferd.states.FILE_TRANSITIONS`` and
+updates the file, the job's counters, totals and state, the queues and the
+event stream together.  Steps that touch every file of a large job (cancel,
+retry, accept, expire) run as a sequence of bounded scripts so Redis is never
+blocked for long; the first one sets the job flag that makes the rest safe
+against racing workers (a canceled job's files cannot be claimed).
 """
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+import json
+import random
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from itertools import chain
+from typing import Any, TypeVar
 
-from transferd.models import FileRecord, Job, JobRequest, Principal
-from transferd.states import FileState, JobState
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
+
+from policies import retry as retry_policy
+from policies.routing import link_of, route
+from transferd import store_lua
+from transferd.models import FileRecord, Job, JobParams, JobRequest, Principal
+from transferd.states import (
+    FILE_TRANSITIONS,
+    JOB_TERMINAL,
+    FileEvent,
+    FileState,
+    JobState,
+    job_state,
+)
+
+MAX_FILES_PER_JOB = 100_000
+IDEMPOTENCY_TTL_S = 24 * 3600
+BATCH_FILES = 5_000  # files per bulk script (cancel, retry, accept, expire) or per ZADD
+SCAN_BATCH = 1_000  # ids per promote / reap script
+LOAD_BATCH_FILES = 1_000  # files per loader script in submit (a few ms of Redis time each)
+T = TypeVar("T")
+_PRIORITY_SHIFT = 2**44  # queue score = (9 - priority) * shift + FIFO sequence
+
+
+def queue_score(priority: int, seq: int) -> int:
+    """The queue score: higher priority first, then first in first out (Lua mirrors it)."""
+    return (9 - max(0, min(9, priority))) * _PRIORITY_SHIFT + seq
+
+
+def _edge(event: FileEvent) -> tuple[str, str]:
+    """The allowed from-states (comma-separated) and the target of ``event``, for a script."""
+    sources, target = FILE_TRANSITIONS[event]
+    return ",".join(sorted(s.value for s in sources)), target.value
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _decode_hash(raw: Any) -> dict[str, str]:
+    """A Redis hash as str → str, from HGETALL's mapping or a script's flat list."""
+    if isinstance(raw, Mapping):
+        return {_text(k): _text(v) for k, v in raw.items()}
+    return {_text(raw[i]): _text(raw[i + 1]) for i in range(0, len(raw), 2)}
+
+
+def _opt_float(h: Mapping[str, str], key: str) -> float | None:
+    value = h.get(key)
+    return float(value) if value else None
+
+
+def _opt_int(h: Mapping[str, str], key: str) -> int | None:
+    value = h.get(key)
+    return int(value) if value else None
+
+
+def _opt_str(h: Mapping[str, str], key: str) -> str | None:
+    return h.get(key) or None
+
+
+def _job_from_hash(h: Mapping[str, str]) -> Job:
+    return Job(
+        job_id=h["job_id"],
+        state=JobState(h["state"]),
+        owner=h["owner"],
+        submitter=h["submitter"],
+        params=JobParams.from_json(json.loads(h["params"])),
+        created_at=float(h["created_at"]),
+        updated_at=float(h.get("updated_at") or h["created_at"]),
+        started_at=_opt_float(h, "started_at"),
+        finished_at=_opt_float(h, "finished_at"),
+        files_total=int(h.get("files_total") or 0),
+        files_by_state={s: int(h.get(f"n:{s.value}") or 0) for s in FileState},
+        bytes_total=int(h.get("bytes_total") or 0),
+        bytes_done=int(h.get("bytes_done") or 0),
+        rate_bps=max(0.0, float(h.get("rate_bps") or 0.0)),
+        cancel_requested=h.get("cancel_requested") == "1",
+    )
+
+
+def _file_from_hash(h: Mapping[str, str]) -> FileRecord:
+    return FileRecord(
+        file_id=h["file_id"],
+        job_id=h["job_id"],
+        index=int(h["index"]),
+        source=h["source"],
+        destination=h["destination"],
+        state=FileState(h["state"]),
+        size=_opt_int(h, "size"),
+        checksum=_opt_str(h, "checksum"),
+        verified_checksum=_opt_str(h, "verified_checksum"),
+        bytes_done=int(h.get("bytes_done") or 0),
+        rate_bps=float(h.get("rate_bps") or 0.0),
+        attempts=int(h.get("attempts") or 0),
+        error_class=_opt_str(h, "error_class"),
+        reason=_opt_str(h, "reason"),
+        not_before=_opt_float(h, "not_before"),
+        backend=h["backend"],
+        link=h["link"],
+        lease_owner=_opt_str(h, "lease_owner"),
+        lease_until=_opt_float(h, "lease_until"),
+        started_at=_opt_float(h, "started_at"),
+        finished_at=_opt_float(h, "finished_at"),
+        metadata=json.loads(h["metadata"]) if h.get("metadata") else {},
+    )
+
+
+def deadline_ts(deadline: str | None) -> float | None:
+    """An RFC 3339 deadline as unix seconds (a time without offset is taken as UTC)."""
+    if not deadline:
+        return None
+    moment = datetime.fromisoformat(deadline.replace("Z", "+00:00").replace("z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 class JobStore:
-    def __init__(self, redis: Redis, *, namespace: str = "td") -> None:
+    """Jobs, files, link queues, leases and the event stream in one Redis.
+
+    ``dispatch_timeout_s`` is how long a dispatched file may wait for a worker
+    to claim it before ``reap`` puts it back in its link queue.
+    """
+
+    def __init__(
+        self, redis: Redis, *, namespace: str = "td", dispatch_timeout_s: float = 120.0
+    ) -> None:
         self.redis = redis
         self.ns = namespace
+        self.dispatch_timeout_s = dispatch_timeout_s
+        self.cancel_channel = f"{namespace}:cancel"
+        self.events_key = f"{namespace}:events"
+
+        def load(body: str) -> Any:
+            return redis.register_script(store_lua.script(body))
+
+        self._store_files_lua = store_lua.STORE_FILES
+        self._claim = load(store_lua.CLAIM)
+        self._heartbeat = load(store_lua.HEARTBEAT)
+        self._finish = load(store_lua.FINISH)
+        self._fail = load(store_lua.FAIL)
+        self._release = load(store_lua.RELEASE)
+        self._set_size = load(store_lua.SET_SIZE)
+        self._dispatch = load(store_lua.DISPATCH)
+        self._promote = load(store_lua.PROMOTE_DELAYED)
+        self._reap = load(store_lua.REAP)
+        self._cancel = load(store_lua.CANCEL_BATCH)
+        self._retry = load(store_lua.RETRY_BATCH)
+        self._accept = load(store_lua.ACCEPT_BATCH)
+        self._expire = load(store_lua.EXPIRE_BATCH)
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.ns, *parts))
+
+    async def _run(self, script: Any, now: float | None, *args: object) -> Any:
+        stamp = repr(time.time() if now is None else now)
+        return await script(keys=[], args=[self.ns, stamp, *(str(a) for a in args)])
 
     # -- submission side (API) -------------------------------------------------
     async def submit(
@@ -27,17 +191,425 @@ class JobStore:
         job_id: str | None = None,
         awaiting_acceptance: bool = False,
     ) -> tuple[Job, bool]:
-        """Store a job and its files; returns (job, created). Same key+principal within 24 h → same job, created=False."""
-        raise NotImplementedError
+        """Store a job and its files; returns (job, created).
 
-    async def get_job(self, job_id: str) -> Job | None: ...
+        Same key + principal within 24 h → the same job, created=False; so does
+        an explicit ``job_id`` that already exists.  Raises ValueError for more
+        than MAX_FILES_PER_JOB files, a URL pair no backend handles, or a bad
+        deadline — before anything is stored.
+        """
+        files = request.files
+        if len(files) > MAX_FILES_PER_JOB:
+            raise ValueError(f"a job holds at most {MAX_FILES_PER_JOB} files, got {len(files)}")
+        idem_key = self._k("idem", principal.subject, idempotency_key) if idempotency_key else None
+        if idem_key and (replay := await self._job_for_key(idem_key)):
+            return replay, False
+        job_id = job_id or str(uuid.uuid4())
+        job_key = self._k("job", job_id)
+        if (existing := await self.get_job(job_id)) is not None:
+            return existing, False
+
+        params = request.params
+        due_ts = deadline_ts(params.deadline)
+        now = time.time()
+        accepted = not awaiting_acceptance
+        state = job_state({FileState.SUBMITTED: len(files)}, accepted=accepted)
+        file_rows: list[list[str]] = []
+        bytes_total = 0
+        for index, spec in enumerate(files):
+            file_rows.append(
+                [
+                    str(index),
+                    spec.source,
+                    spec.destination,
+                    route(spec.source, spec.destination, params.backend),
+                    link_of(spec.source, spec.destination),
+                    "" if spec.size is None else str(spec.size),
+                    spec.checksum or "",
+                    json.dumps(spec.metadata) if spec.metadata else "",
+                ]
+            )
+            bytes_total += spec.size or 0
+        job_row: dict[str, str | int | float] = {
+            "job_id": job_id,
+            "owner": principal.tenant,
+            "submitter": principal.subject,
+            "state": state.value,
+            "params": json.dumps(params.to_json()),
+            "created_at": repr(now),
+            "updated_at": repr(now),
+            "started_at": "",
+            "finished_at": repr(now) if state in JOB_TERMINAL else "",
+            "files_total": len(files),
+            "bytes_total": bytes_total,
+            "bytes_done": 0,
+            "rate_bps": 0,
+            "accepted": int(accepted),
+            "cancel_requested": 0,
+            "expired": 0,
+            "deadline_ts": "" if due_ts is None else repr(due_ts),
+            **{f"n:{s.value}": 0 for s in FileState},
+            f"n:{FileState.SUBMITTED.value}": len(files),
+        }
+        # FIFO numbers reserved outside the transaction: a lost race only leaves a gap
+        seq_end = int(await self.redis.incrby(self._k("seq"), max(1, len(files))))
+        seq_start = seq_end - len(files) + 1
+
+        watched = [job_key] + ([idem_key] if idem_key else [])
+        async with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(*watched)
+                if idem_key and await pipe.get(idem_key) is not None:
+                    raise WatchError("idempotency key taken")
+                if await pipe.exists(job_key):
+                    raise WatchError("job id taken")
+                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.execute_command("HSET", job_key, *chain.from_iterable(job_row.items()))
+                pipe.zadd(self._k("jobs"), {job_id: now})
+                pipe.zadd(self._k("jobs", "owner", principal.tenant), {job_id: now})
+                pipe.zadd(self._k("jobs", "state", state.value), {job_id: now})
+                # files go as JSON to a loader script: packing 100k HSETs client-side is slow
+                for chunk in _chunks(file_rows, LOAD_BATCH_FILES):
+                    pipe.eval(
+                        self._store_files_lua, 0, self.ns, job_id, FileState.SUBMITTED.value,
+                        params.priority, params.max_retries, repr(float(params.retry_delay_s)),
+                        int(accepted), seq_start, json.dumps(chunk),
+                    )  # fmt: skip
+                    seq_start += len(chunk)
+                if due_ts is not None:
+                    pipe.zadd(self._k("deadlines"), {job_id: due_ts})
+                if idem_key:
+                    pipe.set(idem_key, job_id, ex=IDEMPOTENCY_TTL_S)
+                pipe.xadd(
+                    self.events_key,
+                    {"type": "job", "id": job_id, "job_id": job_id, "state": state.value,
+                     "ts": repr(now)},
+                    maxlen=100_000, approximate=True,
+                )  # fmt: skip
+                await pipe.execute()
+            except WatchError:
+                # a concurrent submit with the same key or id committed first: replay it
+                winner = await self._job_for_key(idem_key) if idem_key else None
+                winner = winner or await self.get_job(job_id)
+                if winner is None:
+                    raise
+                return winner, False
+        job = await self.get_job(job_id)
+        assert job is not None
+        return job, True
+
+    async def _job_for_key(self, idem_key: str) -> Job | None:
+        job_id = await self.redis.get(idem_key)
+        return await self.get_job(_text(job_id)) if job_id is not None else None
+
+    async def get_job(self, job_id: str) -> Job | None:
+        raw = await self.redis.hgetall(self._k("job", job_id))
+        return _job_from_hash(_decode_hash(raw)) if raw else None
+
+    async def _get_jobs(self, job_ids: Sequence[str]) -> list[Job | None]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self._k("job", job_id))
+            raws = await pipe.execute()
+        return [_job_from_hash(_decode_hash(r)) if r else None for r in raws]
+
     async def list_jobs(
-        self, *, owner: str | None, state: JobState | None, cursor: str | None, limit: int
-    ) -> tuple[list[Job], str | None]: ...
-    async def get_file(self, file_id: str) -> FileRecord | None: ...
+        self,
+        *,
+        owner: str | None = None,
+        state: JobState | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> tuple[list[Job], str | None]:
+        """Jobs newest first, optionally of one owner and/or state; (page, next cursor)."""
+        if state is not None:
+            key = self._k("jobs", "state", state.value)
+        elif owner is not None:
+            key = self._k("jobs", "owner", owner)
+        else:
+            key = self._k("jobs")
+        limit = max(1, limit)
+        max_score: float | str = "+inf"
+        after: tuple[float, str] | None = None
+        if cursor:
+            score_txt, _, member = cursor.partition("|")
+            after = (float(score_txt), member)
+            max_score = after[0]
+        page: list[Job] = []
+        offset = 0
+        while True:
+            rows = await self.redis.zrevrangebyscore(
+                key, max_score, "-inf", start=offset, num=max(limit, 50), withscores=True
+            )
+            if not rows:
+                return page, None
+            offset += len(rows)
+            entries = [(_text(row[0]), float(row[1])) for row in rows]
+            # equal scores come in descending member order: skip up to the cursor's member
+            entries = [
+                (m, s) for m, s in entries if after is None or s < after[0] or m < after[1]
+            ]
+            jobs = await self._get_jobs([m for m, _ in entries])
+            for job in jobs:
+                if job is None or (owner is not None and job.owner != owner):
+                    continue
+                if state is not None and job.state != state:
+                    continue
+                if len(page) == limit:
+                    last = page[-1]
+                    return page, f"{last.created_at!r}|{last.job_id}"
+                page.append(job)
+
+    async def get_file(self, file_id: str) -> FileRecord | None:
+        raw = await self.redis.hgetall(self._k("file", file_id))
+        return _file_from_hash(_decode_hash(raw)) if raw else None
+
+    async def _get_files(self, file_ids: Iterable[str]) -> list[FileRecord]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for file_id in file_ids:
+                pipe.hgetall(self._k("file", file_id))
+            raws = await pipe.execute()
+        return [_file_from_hash(_decode_hash(r)) for r in raws if r]
+
     async def list_files(
-        self, job_id: str, *, state: FileState | None, cursor: str | None, limit: int
-    ) -> tuple[list[FileRecord], str | None]: ...
-    async def cancel_job(self, job_id: str) -> Job | None: ...
-    async def retry_job(self, job_id: str) -> tuple[Job | None, int]: ...
-    async def accept_job(self, job_id: str) -> Job | None: ...
+        self,
+        job_id: str,
+        *,
+        state: FileState | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> tuple[list[FileRecord], str | None]:
+        """A job's files by index, optionally only those in ``state``; (page, next cursor)."""
+        start = int(cursor) if cursor else 0
+        if state is None:
+            total = int(await self.redis.hget(self._k("job", job_id), "files_total") or 0)
+            end = min(start + limit, total)
+            ids = [f"{job_id}.{i}" for i in range(start, end)]
+            return await self._get_files(ids), (str(end) if end < total else None)
+        rows = await self.redis.zrangebyscore(
+            self._k("job", job_id, "files", state.value),
+            start, "+inf", start=0, num=limit + 1, withscores=True,
+        )  # fmt: skip
+        next_cursor = str(int(rows[limit][1])) if len(rows) > limit else None
+        return await self._get_files(_text(row[0]) for row in rows[:limit]), next_cursor
+
+    async def cancel_job(self, job_id: str) -> Job | None:
+        """Cancel every SUBMITTED and ACTIVE file now; terminal jobs stay as they are."""
+        cancel_from, cancel_to = _edge(FileEvent.CANCEL)
+        first = True
+        while True:
+            remaining = int(
+                await self._run(
+                    self._cancel, None, job_id, BATCH_FILES, int(first), cancel_from, cancel_to
+                )
+            )
+            if remaining == -1:
+                return None
+            first = False
+            if remaining <= 0:
+                return await self.get_job(job_id)
+
+    async def retry_job(self, job_id: str) -> tuple[Job | None, int]:
+        """Queue the job's FAILED and CANCELED files afresh; returns (job, files retried)."""
+        retry_from, retry_to = _edge(FileEvent.RETRY)
+        first, total = True, 0
+        while True:
+            retried, remaining = (
+                int(x)
+                for x in await self._run(
+                    self._retry, None, job_id, BATCH_FILES, int(first), retry_from, retry_to
+                )
+            )
+            if retried == -1:
+                return None, 0
+            first = False
+            total += retried
+            if remaining == 0 or retried == 0:
+                return await self.get_job(job_id), total
+
+    async def accept_job(self, job_id: str) -> Job | None:
+        """Accept a job awaiting acceptance: its files are queued. Idempotent."""
+        start = 0
+        while start >= 0:
+            start = int(await self._run(self._accept, None, job_id, start, BATCH_FILES))
+            if start == -1:
+                return None
+        return await self.get_job(job_id)
+
+    async def expire_due(self, now: float) -> list[str]:
+        """Fail the unfinished files of jobs whose deadline passed; returns those job ids."""
+        fail_from, fail_to = _edge(FileEvent.FAIL)
+        due = await self.redis.zrangebyscore(self._k("deadlines"), "-inf", now)
+        expired: list[str] = []
+        for raw in due:
+            job_id = _text(raw)
+            remaining = int(
+                await self._run(self._expire, now, job_id, BATCH_FILES, fail_from, fail_to)
+            )
+            if remaining == -1:
+                continue
+            while remaining > 0:
+                remaining = int(
+                    await self._run(self._expire, now, job_id, BATCH_FILES, fail_from, fail_to)
+                )
+            expired.append(job_id)
+        return expired
+
+    # -- scheduler side ----------------------------------------------------------
+    async def links(self) -> list[str]:
+        """Links that have queued files."""
+        return sorted(_text(m) for m in await self.redis.smembers(self._k("links")))
+
+    async def promote_delayed(self, now: float) -> int:
+        """Queue the files whose retry delay is over; returns how many."""
+        claim_from, _ = _edge(FileEvent.CLAIM)
+        moved = 0
+        while True:
+            scanned, promoted = await self._run(self._promote, now, SCAN_BATCH, claim_from)
+            moved += int(promoted)
+            if int(scanned) < SCAN_BATCH:
+                return moved
+
+    async def dispatch(self, link: str, limit: int, now: float) -> list[tuple[str, str]]:
+        """Take up to ``limit`` minus in-flight files from the link queue: [(file_id, backend)]."""
+        claim_from, _ = _edge(FileEvent.CLAIM)
+        flat = await self._run(
+            self._dispatch, now, link, limit, repr(now + self.dispatch_timeout_s), claim_from
+        )
+        return [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    async def reap(self, now: float) -> list[str]:
+        """Put back files whose lease or dispatch ran out; returns their ids."""
+        requeue_from, requeue_to = _edge(FileEvent.REQUEUE)
+        fail_from, fail_to = _edge(FileEvent.FAIL)
+        claim_from, _ = _edge(FileEvent.CLAIM)
+        reaped: list[str] = []
+        while True:
+            out = await self._run(
+                self._reap, now, SCAN_BATCH,
+                requeue_from, requeue_to, fail_from, fail_to, claim_from,
+            )  # fmt: skip
+            reaped += [_text(x) for x in out[2:]]
+            if int(out[0]) < SCAN_BATCH and int(out[1]) < SCAN_BATCH:
+                return reaped
+
+    # -- worker side ---------------------------------------------------------------
+    async def claim(
+        self, file_id: str, worker_id: str, lease_s: float, *, now: float | None = None
+    ) -> FileRecord | None:
+        """Take a SUBMITTED file under a lease; None when it is not claimable (a duplicate)."""
+        claim_from, claim_to = _edge(FileEvent.CLAIM)
+        raw = await self._run(
+            self._claim, now, file_id, worker_id, repr(float(lease_s)), claim_from, claim_to
+        )
+        return _file_from_hash(_decode_hash(raw)) if raw else None
+
+    async def heartbeat(
+        self,
+        file_id: str,
+        worker_id: str,
+        bytes_done: int,
+        rate_bps: float,
+        lease_s: float,
+        *,
+        now: float | None = None,
+    ) -> bool:
+        """Record progress and extend the lease; False means stop (canceled or lease lost)."""
+        ok = await self._run(
+            self._heartbeat, now, file_id, worker_id,
+            int(bytes_done), repr(float(rate_bps)), repr(float(lease_s)),
+        )  # fmt: skip
+        return bool(ok)
+
+    async def finish(
+        self,
+        file_id: str,
+        worker_id: str,
+        verified_checksum: str | None,
+        bytes_done: int,
+        *,
+        now: float | None = None,
+    ) -> bool:
+        """ACTIVE → FINISHED for the lease holder; False for a duplicate or a lost lease."""
+        finish_from, finish_to = _edge(FileEvent.FINISH)
+        ok = await self._run(
+            self._finish, now, file_id, worker_id,
+            verified_checksum or "", int(bytes_done), finish_from, finish_to,
+        )  # fmt: skip
+        return bool(ok)
+
+    async def fail(
+        self,
+        file_id: str,
+        worker_id: str,
+        error_class: str,
+        reason: str,
+        *,
+        retryable: bool,
+        retry_after_s: float | None = None,
+        now: float | None = None,
+    ) -> FileState:
+        """Report a failed attempt; returns the file's state after it.
+
+        SUBMITTED (delayed by policies.retry's backoff) while retries remain,
+        else FAILED.  From a worker that no longer holds the lease this changes
+        nothing and returns the current state.  KeyError for an unknown file.
+        """
+        stamp = time.time() if now is None else now
+        fields = await self.redis.hmget(
+            self._k("file", file_id), ["state", "attempts", "max_retries", "retry_delay_s"]
+        )
+        if fields[0] is None:
+            raise KeyError(file_id)
+        attempts = int(fields[1] or 0)
+        decision = retry_policy.decide(
+            retryable=retryable,
+            attempts=attempts,
+            max_retries=int(fields[2] or 0),
+            retry_delay_s=float(fields[3] or 0.0),
+            retry_after_s=retry_after_s,
+            jitter=random.uniform(-1.0, 1.0),
+        )
+        requeue_from, requeue_to = _edge(FileEvent.REQUEUE)
+        fail_from, fail_to = _edge(FileEvent.FAIL)
+        result = await self._run(
+            self._fail, stamp, file_id, worker_id, error_class, reason,
+            int(decision.retry), repr(stamp + decision.delay_s), attempts,
+            requeue_from, requeue_to, fail_from, fail_to,
+        )  # fmt: skip
+        return FileState(_text(result))
+
+    async def release(self, file_id: str, worker_id: str, *, now: float | None = None) -> bool:
+        """Give a file back (the worker is shutting down): queued again, attempt not counted."""
+        requeue_from, requeue_to = _edge(FileEvent.REQUEUE)
+        ok = await self._run(self._release, now, file_id, worker_id, requeue_from, requeue_to)
+        return bool(ok)
+
+    async def set_size(self, file_id: str, size: int) -> bool:
+        """Record a size learned by the worker; the job's bytes_total follows."""
+        return bool(await self._run(self._set_size, None, file_id, int(size)))
+
+    async def active_files(self, job_id: str) -> list[FileRecord]:
+        """The job's ACTIVE files (for cancel fan-out to backends like FTS or Rucio)."""
+        key = self._k("job", job_id, "files", FileState.ACTIVE.value)
+        ids = await self.redis.zrange(key, 0, -1)
+        return await self._get_files(_text(i) for i in ids)
+
+    async def events(
+        self, last_id: str = "0-0", count: int = 100, block_ms: int | None = None
+    ) -> list[tuple[str, dict[str, str]]]:
+        """Events after ``last_id`` ("$" for only new ones), waiting up to ``block_ms``."""
+        reply = await self.redis.xread({self.events_key: last_id}, count=count, block=block_ms)
+        if not reply:
+            return []
+        streams = reply.items() if isinstance(reply, dict) else reply
+        out: list[tuple[str, dict[str, str]]] = []
+        for _, entries in streams:
+            for entry_id, fields in entries:
+                out.append((_text(entry_id), _decode_hash(fields)))
+        return out
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

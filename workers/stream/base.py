@@ -72,6 +72,17 @@ class Source(Protocol):
 
 
 class Sink(Protocol):
+    """Where a file is written.
+
+    Optional attribute ``resumed: bool`` (read with ``getattr``, default False):
+    True when ``prepare()`` kept the partial data of an earlier attempt under the
+    same ``resume_key``.  Only then does the engine skip the chunks the resume
+    manifest lists as done; a sink without it always restarts from zero.
+
+    ``abort`` may be called after a failure the engine raised, and again:
+    ``abort(keep_partial=True)`` followed by ``abort(keep_partial=False)`` must work.
+    """
+
     url: str
     # True when chunks may be written in any order (file://, chunked uploads);
     # False for a plain streamed PUT, which the engine feeds in order.

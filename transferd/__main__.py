@@ -1,0 +1,7 @@
+"""``python -m transferd``: the same as the ``transferd`` command."""
+
+import sys
+
+from transferd.cli import main
+
+sys.exit(main())

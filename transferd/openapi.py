@@ -1,0 +1,329 @@
+"""The OpenAPI 3.1 description of ``/api/v1``, written by hand to match ``transferd.api``.
+
+``tests/test_api.py`` checks that every route the API registers is described
+here and that the enums agree with the validator's tables.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from transferd import __version__
+from transferd.models import Role
+from transferd.states import FileState, JobState
+from transferd.validation import (
+    BACKENDS,
+    CHECKSUM_HEX_CHARS,
+    MAX_FILES,
+    MAX_METADATA_BYTES,
+    SCHEMES,
+    VERIFY_MODES,
+)
+
+__all__ = ["openapi_document"]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+    }
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_CHECKSUM_PATTERN = "^(" + "|".join(
+    f"{alg}(:[0-9a-fA-F]{{{n}}})?" for alg, n in CHECKSUM_HEX_CHARS.items()
+) + ")$"
+
+_ERRORS: dict[str, Any] = {
+    "400": _problem("The request is malformed; `errors` names each offending field."),
+    "401": _problem("No bearer credential, or one that is unknown, expired, for another "
+                    "audience or from an untrusted issuer (`WWW-Authenticate: Bearer`)."),
+    "403": _problem("The credential's role may not do this (a reader writing, a tenant "
+                    "listing another tenant's jobs)."),
+    "503": _problem("The token's issuer could not be reached to fetch its keys."),
+}
+_NOT_FOUND = _problem("No such job, or a job of another tenant.")
+_JOB_ID_PARAM = {
+    "name": "job_id", "in": "path", "required": True, "schema": {"type": "string"},
+}
+_PAGE_PARAMS = [
+    {"name": "cursor", "in": "query", "schema": {"type": "string"},
+     "description": "`next_cursor` from the previous page."},
+    {"name": "limit", "in": "query",
+     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+]
+
+_SCHEMAS: dict[str, Any] = {
+    "FileSpec": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["source", "destination"],
+        "properties": {
+            "source": {"type": "string", "format": "uri", "maxLength": 8192,
+                       "description": "Scheme one of " + ", ".join(sorted(SCHEMES))
+                       + "; file:// only inside the tenant's roots."},
+            "destination": {"type": "string", "format": "uri", "maxLength": 8192,
+                            "description": "As source; file:// must resolve inside the "
+                            "tenant's allowed roots (no `..`, no symlink escape)."},
+            "size": {"type": ["integer", "null"], "minimum": 0, "description": "Bytes."},
+            "checksum": {"type": ["string", "null"], "pattern": _CHECKSUM_PATTERN,
+                         "examples": ["adler32:0a1b2c3d", "sha256"],
+                         "description": "`alg:hex` to verify against, or `alg` to compute "
+                         "and record."},
+            "metadata": {"type": "object", "description":
+                         f"At most {MAX_METADATA_BYTES} bytes serialized."},
+        },
+    },
+    "JobParams": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "backend": {"enum": list(BACKENDS), "default": "auto"},
+            "verify_checksum": {"enum": list(VERIFY_MODES), "default": "both"},
+            "overwrite": {"type": "boolean", "default": False},
+            "priority": {"type": "integer", "minimum": 1, "maximum": 5, "default": 3,
+                         "description": "5 is most urgent."},
+            "max_retries": {"type": "integer", "minimum": 0, "maximum": 100, "default": 3},
+            "retry_delay_s": {"type": "number", "minimum": 0, "default": 5.0},
+            "deadline": {"type": ["string", "null"], "format": "date-time",
+                         "description": "RFC 3339, in the future; unfinished files then expire."},
+            "activity": {"type": "string", "minLength": 1, "maxLength": 200,
+                         "default": "default"},
+            "metadata": {"type": "object", "description":
+                         f"At most {MAX_METADATA_BYTES} bytes serialized."},
+        },
+    },
+    "JobRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["files"],
+        "properties": {
+            "files": {"type": "array", "minItems": 1, "maxItems": MAX_FILES,
+                      "items": _ref("FileSpec")},
+            "params": _ref("JobParams"),
+        },
+    },
+    "Submitted": {
+        "type": "object",
+        "required": ["job_id", "state"],
+        "properties": {"job_id": {"type": "string"}, "state": {"enum": list(JobState)}},
+    },
+    "Retried": {
+        "type": "object",
+        "required": ["job_id", "state", "retried"],
+        "properties": {
+            "job_id": {"type": "string"},
+            "state": {"enum": list(JobState)},
+            "retried": {"type": "integer", "minimum": 0,
+                        "description": "Failed and canceled files put back in the queue."},
+        },
+    },
+    "Job": {
+        "type": "object",
+        "required": ["job_id", "state", "owner", "submitter", "params", "created_at", "totals"],
+        "properties": {
+            "job_id": {"type": "string"},
+            "state": {"enum": list(JobState)},
+            "owner": {"type": "string", "description": "The tenant."},
+            "submitter": {"type": "string"},
+            "params": _ref("JobParams"),
+            "created_at": {"type": "number", "description": "Unix seconds."},
+            "updated_at": {"type": "number"},
+            "started_at": {"type": ["number", "null"]},
+            "finished_at": {"type": ["number", "null"]},
+            "totals": {
+                "type": "object",
+                "properties": {
+                    "files": {"type": "integer"},
+                    "files_by_state": {
+                        "type": "object",
+                        "properties": {s.value: {"type": "integer"} for s in FileState},
+                    },
+                    "bytes_total": {"type": "integer"},
+                    "bytes_done": {"type": "integer"},
+                    "rate_bps": {"type": "number", "description": "Bytes per second."},
+                    "eta_s": {"type": ["number", "null"]},
+                },
+            },
+        },
+    },
+    "File": {
+        "type": "object",
+        "required": ["file_id", "job_id", "index", "source", "destination", "state"],
+        "properties": {
+            "file_id": {"type": "string"},
+            "job_id": {"type": "string"},
+            "index": {"type": "integer"},
+            "source": {"type": "string"},
+            "destination": {"type": "string"},
+            "state": {"enum": list(FileState)},
+            "size": {"type": ["integer", "null"]},
+            "checksum": {"type": ["string", "null"]},
+            "verified_checksum": {"type": ["string", "null"]},
+            "bytes_done": {"type": "integer"},
+            "rate_bps": {"type": "number"},
+            "attempts": {"type": "integer"},
+            "error_class": {"type": ["string", "null"]},
+            "reason": {"type": ["string", "null"], "description": "One human sentence."},
+            "not_before": {"type": ["number", "null"]},
+            "backend": {"type": "string"},
+            "link": {"type": "string"},
+            "started_at": {"type": ["number", "null"]},
+            "finished_at": {"type": ["number", "null"]},
+            "metadata": {"type": "object"},
+        },
+    },
+    "JobPage": {
+        "type": "object",
+        "required": ["jobs", "next_cursor"],
+        "properties": {"jobs": {"type": "array", "items": _ref("Job")},
+                       "next_cursor": {"type": ["string", "null"]}},
+    },
+    "FilePage": {
+        "type": "object",
+        "required": ["files", "next_cursor"],
+        "properties": {"files": {"type": "array", "items": _ref("File")},
+                       "next_cursor": {"type": ["string", "null"]}},
+    },
+    "Problem": {
+        "type": "object",
+        "required": ["type", "title", "status", "detail", "errors"],
+        "properties": {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "field": {"type": "string", "description": "The first offending field."},
+            "errors": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["field", "message"],
+                    "properties": {
+                        "field": {"type": "string", "examples": ["files[3].destination"]},
+                        "message": {"type": "string"},
+                    },
+                },
+            },
+        },
+    },
+}
+
+_PATHS: dict[str, Any] = {
+    "/health": {
+        "get": {
+            "summary": "Liveness", "operationId": "health", "security": [],
+            "responses": {"200": _json("The node answers.", {
+                "type": "object", "properties": {"status": {"const": "ok"}}})},
+        },
+    },
+    "/openapi.json": {
+        "get": {
+            "summary": "This document", "operationId": "openapi", "security": [],
+            "responses": {"200": _json("OpenAPI 3.1", {"type": "object"})},
+        },
+    },
+    "/jobs": {
+        "post": {
+            "summary": "Submit a job",
+            "operationId": "submitJob",
+            "parameters": [{
+                "name": "Idempotency-Key", "in": "header",
+                "schema": {"type": "string", "maxLength": 200},
+                "description": "The same key from the same caller within 24 h returns the "
+                "same job (200) instead of creating another.",
+            }],
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": _ref("JobRequest")}}},
+            "responses": {
+                "201": _json("Created.", _ref("Submitted")),
+                "200": _json("An idempotent replay: the job created before.", _ref("Submitted")),
+                **_ERRORS,
+                "413": _problem("The body is too large."),
+                "415": _problem("The body is not JSON."),
+            },
+        },
+        "get": {
+            "summary": "List jobs (own tenant; operators: all)",
+            "operationId": "listJobs",
+            "parameters": [
+                {"name": "state", "in": "query", "schema": {"enum": list(JobState)}},
+                {"name": "owner", "in": "query", "schema": {"type": "string"},
+                 "description": "A tenant; others than your own need operator or admin."},
+                *_PAGE_PARAMS,
+            ],
+            "responses": {"200": _json("A page of jobs, newest first.", _ref("JobPage")),
+                          **_ERRORS},
+        },
+    },
+    "/jobs/{job_id}": {
+        "parameters": [_JOB_ID_PARAM],
+        "get": {
+            "summary": "One job with its totals", "operationId": "getJob",
+            "responses": {"200": _json("The job.", _ref("Job")), **_ERRORS, "404": _NOT_FOUND},
+        },
+        "delete": {
+            "summary": "Cancel a job", "operationId": "cancelJob",
+            "description": "Queued and running files become CANCELED; running transfers stop.",
+            "responses": {"200": _json("The job after the cancel.", _ref("Job")), **_ERRORS,
+                          "404": _NOT_FOUND},
+        },
+    },
+    "/jobs/{job_id}/files": {
+        "parameters": [_JOB_ID_PARAM],
+        "get": {
+            "summary": "The job's files, by index", "operationId": "listFiles",
+            "parameters": [
+                {"name": "state", "in": "query", "schema": {"enum": list(FileState)}},
+                *_PAGE_PARAMS,
+            ],
+            "responses": {"200": _json("A page of files.", _ref("FilePage")), **_ERRORS,
+                          "404": _NOT_FOUND},
+        },
+    },
+    "/jobs/{job_id}/retry": {
+        "parameters": [_JOB_ID_PARAM],
+        "post": {
+            "summary": "Retry the failed and canceled files", "operationId": "retryJob",
+            "responses": {"200": _json("How many files were requeued.", _ref("Retried")),
+                          **_ERRORS, "404": _NOT_FOUND},
+        },
+    },
+}
+
+_DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "transferd",
+        "version": __version__,
+        "description": "Large-dataset transfer orchestrator. Roles: "
+        + ", ".join(r.value for r in Role)
+        + ". A reader may only read; submitters act on their own tenant's jobs; operators "
+        "and admins on all. Another tenant's job answers 404.",
+    },
+    "servers": [{"url": "/api/v1"}],
+    "security": [{"bearer": []}],
+    "paths": _PATHS,
+    "components": {
+        "schemas": _SCHEMAS,
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer",
+                       "description": "An API token (td_…) or an OIDC JWT from a "
+                       "configured issuer."},
+        },
+    },
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    """A fresh copy of the document (callers may not mutate the shared one)."""
+    return copy.deepcopy(_DOCUMENT)

@@ -1,0 +1,150 @@
+"""The scheduler: one leader per deployment decides what moves next.
+
+Every ``transferd serve`` runs one; a Redis lease (``td:leader``, renewed every
+second, ``LEADER_LEASE_MS`` long) makes exactly one of them the leader, and a
+survivor takes over within seconds of the leader's death.  The leader promotes
+retries whose ``not_before`` has passed, reaps expired leases, expires jobs past
+their deadline, and per link dispatches files up to the link's limit as
+dramatiq messages on ``transfer.<backend>``.  It wakes on every file event
+(XREAD on the event stream), so a freed slot is refilled at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+
+import redis.asyncio
+from dramatiq.brokers.redis import RedisBroker
+
+from transferd.store import JobStore
+from workers.broker import transfer_message
+
+log = logging.getLogger(__name__)
+
+LEADER_KEY = "td:leader"
+LEADER_LEASE_MS = 5000
+RENEW_INTERVAL_S = 1.0
+REAP_INTERVAL_S = 2.0
+IDLE_WAKE_MS = 500
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RESIGN = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class Scheduler:
+    """Leader election plus the dispatch loop."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        redis_client: redis.asyncio.Redis,
+        broker: RedisBroker,
+        *,
+        link_limit: Callable[[str], int],
+    ) -> None:
+        self.store = store
+        self.redis = redis_client
+        self.broker = broker
+        self.link_limit = link_limit
+        self.node_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.is_leader = False
+        self._renew = redis_client.register_script(_RENEW)
+        self._resign = redis_client.register_script(_RESIGN)
+        self._stop = asyncio.Event()
+        self._last_event_id = "$"
+
+    async def _hold_leadership(self) -> bool:
+        if self.is_leader:
+            self.is_leader = bool(
+                await self._renew(keys=[LEADER_KEY], args=[self.node_id, LEADER_LEASE_MS])
+            )
+            if not self.is_leader:
+                log.warning("scheduler %s lost leadership", self.node_id)
+        else:
+            got = await self.redis.set(LEADER_KEY, self.node_id, nx=True, px=LEADER_LEASE_MS)
+            if got:
+                self.is_leader = True
+                self._last_event_id = "$"
+                log.info("scheduler %s is the leader", self.node_id)
+        return self.is_leader
+
+    async def run(self) -> None:
+        """Run until :meth:`stop`; survives Redis errors by retrying."""
+        last_renew = last_reap = 0.0
+        while not self._stop.is_set():
+            try:
+                now = time.monotonic()
+                if now - last_renew >= RENEW_INTERVAL_S or not self.is_leader:
+                    await self._hold_leadership()
+                    last_renew = now
+                if not self.is_leader:
+                    await self._sleep(RENEW_INTERVAL_S)
+                    continue
+                if now - last_reap >= REAP_INTERVAL_S:
+                    wall = time.time()
+                    reaped = await self.store.reap(wall)
+                    if reaped:
+                        log.info("reaped %d expired leases", len(reaped))
+                    await self.store.expire_due(wall)
+                    last_reap = now
+                await self.dispatch_once()
+                await self._wait_for_events()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("scheduler iteration failed; retrying")
+                await self._sleep(1.0)
+
+    async def dispatch_once(self) -> int:
+        """One round: promote due retries, then fill every link up to its limit."""
+        now = time.time()
+        await self.store.promote_delayed(now)
+        messages = []
+        for link in await self.store.links():
+            for file_id, backend in await self.store.dispatch(link, self.link_limit(link), now):
+                messages.append(transfer_message(backend, file_id))
+        if messages:
+            await asyncio.to_thread(self._enqueue, messages)
+        return len(messages)
+
+    def _enqueue(self, messages: list[object]) -> None:
+        for message in messages:
+            self.broker.enqueue(message)  # type: ignore[arg-type]
+
+    async def _wait_for_events(self) -> None:
+        """Block until a file event (a slot may have freed) or a short idle timeout."""
+        answer = await self.redis.xread(
+            {"td:events": self._last_event_id}, count=1000, block=IDLE_WAKE_MS
+        )
+        for _stream, entries in answer or []:
+            if entries:
+                last_id = entries[-1][0]
+                self._last_event_id = last_id.decode() if isinstance(last_id, bytes) else last_id
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self.is_leader:
+            with contextlib.suppress(Exception):
+                await self._resign(keys=[LEADER_KEY], args=[self.node_id])
+            self.is_leader = False

@@ -1,0 +1,64 @@
+"""Worker processes and in-process worker pools.
+
+``transferd worker --redis-url URL`` runs :func:`run_worker`; ``transferd serve``
+on the embedded default starts a :class:`WorkerPool` in its own process.  On
+SIGTERM a worker stops taking work, hands its running files back to the queue
+(their chunk manifests stay, so the next worker resumes) and exits within a
+bounded time.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+from dramatiq import Worker
+
+from workers.actors import declare_actors
+from workers.broker import make_broker
+from workers.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT_S = 10.0
+
+
+class WorkerPool:
+    """dramatiq worker threads plus the shared async runtime they run files on."""
+
+    def __init__(self, redis_url: str, threads: int, *, lease_s: float = 30.0) -> None:
+        self.broker = make_broker(redis_url)
+        self.runtime = WorkerRuntime(redis_url, lease_s=lease_s)
+        declare_actors(self.broker, self.runtime)
+        self.worker = Worker(self.broker, worker_threads=threads, worker_timeout=500)
+
+    def start(self) -> None:
+        self.runtime.start()
+        self.worker.start()
+
+    def stop(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+        """Release running files, stop the threads, close the runtime (bounded)."""
+        self.runtime.release_all()
+        self.worker.stop(timeout=int(timeout_s * 1000))
+        self.runtime.close()
+        self.broker.close()
+
+
+def run_worker(redis_url: str, threads: int) -> int:
+    """Run a worker process until SIGTERM or SIGINT; returns the exit code."""
+    pool = WorkerPool(redis_url, threads)
+    done = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: releasing files and stopping", signum)
+        done.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    pool.start()
+    print(f"transferd worker {pool.runtime.worker_id} ready", flush=True)
+    done.wait()
+    pool.stop()
+    return 0

@@ -1,0 +1,105 @@
+"""One event loop per worker process, shared by all of dramatiq's worker threads.
+
+dramatiq runs actors in threads; our movers are asyncio.  Rather than start a
+loop, an HTTP session and a Redis client per message (costly for 10,000 small
+files), each process keeps one loop in a thread with one keep-alive
+``aiohttp.ClientSession`` and one Redis client, and actors hand it coroutines.
+The runtime also knows every file it is moving, so SIGTERM can release them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import aiohttp
+import redis.asyncio
+
+from transferd.store import JobStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class StopReason:
+    """Why a running file is being stopped by its worker (not by the file's own state)."""
+
+    RELEASE = "release"  # shutting down: hand the file back, attempt not counted
+
+
+class WorkerRuntime:
+    """Loop thread + shared clients + the registry of files in flight."""
+
+    def __init__(self, redis_url: str, *, lease_s: float = 30.0) -> None:
+        self.redis_url = redis_url
+        self.lease_s = lease_s
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="transferd-worker-loop", daemon=True)
+        self._ready = threading.Event()
+        self.redis: redis.asyncio.Redis | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.store: JobStore | None = None
+        # file_id -> (cancel event, stop reason holder)
+        self.running: dict[str, tuple[asyncio.Event, list[str]]] = {}
+        self.accepting = True
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._open())
+        self._ready.set()
+        self.loop.run_forever()
+
+    async def _open(self) -> None:
+        self.redis = redis.asyncio.Redis.from_url(self.redis_url)
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=64, ttl_dns_cache=300)
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None, connect=30, sock_read=120),
+        )
+        self.store = JobStore(self.redis)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait(30)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop and wait for it (from a worker thread)."""
+        return self.submit(coro).result()
+
+    def release_all(self) -> None:
+        """Stop every running file and hand it back to the queue (SIGTERM)."""
+        self.accepting = False
+
+        def _stop() -> None:
+            for event, reason in self.running.values():
+                reason.append(StopReason.RELEASE)
+                event.set()
+
+        self.loop.call_soon_threadsafe(_stop)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        async def _close() -> None:
+            if self.session is not None:
+                await self.session.close()
+            if self.redis is not None:
+                await self.redis.aclose()
+
+        if self._thread.is_alive():
+            try:
+                self.submit(_close()).result(timeout_s)
+            except Exception:  # closing is best effort at shutdown
+                log.debug("closing worker runtime", exc_info=True)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout_s)

@@ -1,0 +1,326 @@
+"""file:// endpoints: a ranged-read source and a ``.part``-then-rename sink.
+
+Blocking calls (read, pwrite, fsync, fallocate) run in worker threads so the
+event loop keeps serving the other chunks, the heartbeat and cancellation.
+The sink never lets a partial or unverified file appear at the final name: it
+writes ``<name>.part`` and ``os.replace``s it only on ``commit()``, which the
+engine calls after the checksum matched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import errno
+import os
+import stat as stat_mod
+from collections.abc import AsyncIterator, Callable
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+from transferd import errors
+from workers.stream.base import Entry, SourceInfo
+from workers.stream.manifest import sidecar_path
+
+READ_PIECE_BYTES = 4 * 1024 * 1024
+# pwritev gathers pieces up to this size into one system call per thread hop.
+WRITE_BATCH_BYTES = 8 * 1024 * 1024
+_IOV_MAX = 1024
+
+
+def path_of(url: str) -> Path:
+    """The local path of a file:// URL (``file:///a/b`` or ``file://localhost/a/b``)."""
+    parts = urlsplit(url)
+    if parts.scheme != "file":
+        raise errors.PermanentError(f"not a file:// URL: {url}")
+    if parts.netloc not in ("", "localhost"):
+        raise errors.PermanentError(f"file:// URL names a remote host {parts.netloc!r}: {url}")
+    return Path(unquote(parts.path))
+
+
+def url_of(path: str | os.PathLike[str]) -> str:
+    """The file:// URL of a local path."""
+    return "file://" + quote(os.path.abspath(path))
+
+
+def _os_error(exc: OSError, what: str) -> errors.TransferError:
+    """Translate an OSError into the transfer error tree with one clear sentence."""
+    if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return errors.DiskFull(f"no space left to {what}: {exc.strerror}")
+    if exc.errno == errno.ENOENT:
+        return errors.NotFound(f"cannot {what}: no such file or directory")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return errors.PermanentError(f"cannot {what}: {exc.strerror}")
+    if exc.errno in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG):
+        return errors.PermanentError(f"cannot {what}: {exc.strerror}")
+    return errors.RetryableError(f"cannot {what}: {exc.strerror or exc}")
+
+
+def _info(url: str, st: os.stat_result) -> SourceInfo:
+    # The inode and nanosecond mtime change when a file is replaced or rewritten,
+    # which is what the resume validator must notice.
+    return SourceInfo(
+        url=url,
+        size=st.st_size,
+        etag=f"{st.st_ino:x}-{st.st_mtime_ns:x}",
+        last_modified=formatdate(st.st_mtime, usegmt=True),
+        accepts_ranges=True,
+    )
+
+
+class FileSource:
+    """Reads a local file in large pieces; lists a local folder recursively."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = path_of(url)
+
+    async def stat(self) -> SourceInfo:
+        try:
+            st = await asyncio.to_thread(os.stat, self.path)
+        except OSError as exc:
+            raise _os_error(exc, f"read {self.path}") from exc
+        return _info(self.url, st)
+
+    async def read(self, info: SourceInfo, offset: int, length: int | None) -> AsyncIterator[bytes]:
+        try:
+            fd = await asyncio.to_thread(os.open, self.path, os.O_RDONLY)
+        except OSError as exc:
+            raise _os_error(exc, f"read {self.path}") from exc
+        try:
+            st = os.fstat(fd)
+            if _info(self.url, st).validator != info.validator:
+                raise errors.SourceChanged(f"{self.path} changed since it was examined")
+            remaining = length
+            pos = offset
+            while remaining is None or remaining > 0:
+                want = READ_PIECE_BYTES if remaining is None else min(READ_PIECE_BYTES, remaining)
+                try:
+                    piece = await asyncio.to_thread(os.pread, fd, want, pos)
+                except OSError as exc:
+                    raise _os_error(exc, f"read {self.path}") from exc
+                if not piece:
+                    if remaining is not None:
+                        raise errors.SourceChanged(
+                            f"{self.path} ended early at byte {pos} (was it truncated?)"
+                        )
+                    return
+                pos += len(piece)
+                if remaining is not None:
+                    remaining -= len(piece)
+                yield piece
+        finally:
+            os.close(fd)
+
+    async def list(self) -> list[Entry] | None:
+        return await asyncio.to_thread(self._walk)
+
+    def _walk(self) -> builtins.list[Entry] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise _os_error(exc, f"read {self.path}") from exc
+        if not stat_mod.S_ISDIR(st.st_mode):
+            return None
+        entries: builtins.list[Entry] = []
+        for dirpath, dirnames, filenames in os.walk(self.path):
+            dirnames.sort()
+            for name in sorted(filenames):
+                full = Path(dirpath) / name
+                try:
+                    fst = os.stat(full)
+                except OSError:
+                    continue  # vanished while walking; it is not ours to copy
+                if not stat_mod.S_ISREG(fst.st_mode):
+                    continue
+                rel = full.relative_to(self.path).as_posix()
+                entries.append(Entry(rel, _info(url_of(full), fst)))
+        return entries
+
+    async def aclose(self) -> None:
+        return None
+
+
+class FileSink:
+    """Writes ``<name>.part`` at chunk offsets and renames it into place on commit."""
+
+    random_access = True
+
+    def __init__(self, url: str, *, overwrite: bool = False) -> None:
+        self.url = url
+        self.path = path_of(url)
+        self.part_path = self.path.with_name(self.path.name + ".part")
+        self.overwrite = overwrite
+        # True once prepare() kept an earlier attempt's .part (see base.Sink).
+        self.resumed = False
+        self._fd: int | None = None
+        self._size: int | None = None
+        # Thread calls using the fd; abort() waits for them so that closing the
+        # fd can never redirect a late pwrite into whatever file reuses its number.
+        self._ops: set[asyncio.Future[None]] = set()
+
+    async def exists(self) -> bool:
+        return await asyncio.to_thread(self.path.exists)
+
+    async def prepare(self, size: int | None, resume_key: str | None) -> None:
+        if not self.overwrite and await self.exists():
+            raise errors.PermanentError(f"destination exists: {self.path}")
+        try:
+            self._fd, self.resumed = await asyncio.to_thread(self._open, size, resume_key)
+        except OSError as exc:
+            raise _os_error(exc, f"write {self.part_path}") from exc
+        self._size = size
+
+    def _open(self, size: int | None, resume_key: str | None) -> tuple[int, bool]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        keep = resume_key is not None and self.part_path.exists()
+        flags = os.O_RDWR | os.O_CREAT | (0 if keep else os.O_TRUNC)
+        fd = os.open(self.part_path, flags, 0o644)
+        try:
+            if size is not None:
+                if os.fstat(fd).st_size > size:
+                    os.ftruncate(fd, size)
+                if size > 0:
+                    self._preallocate(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, keep
+
+    @staticmethod
+    def _preallocate(fd: int, size: int) -> None:
+        """Reserve the space now so a full disk fails at the start, not at 90 %."""
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise
+            # EOPNOTSUPP/EINVAL: the file system cannot preallocate; a sparse file will do.
+            os.ftruncate(fd, size)
+
+    def _require_fd(self) -> int:
+        if self._fd is None:
+            raise RuntimeError("FileSink used before prepare()")
+        return self._fd
+
+    async def write_chunk(self, index: int, offset: int, data: AsyncIterator[bytes]) -> None:
+        # No fdatasync per chunk: on ext4 it makes later writes into the
+        # preallocated extents several times slower.  A chunk a crash lost is
+        # caught on resume instead, where the engine re-checks each reused
+        # chunk's crc32c against the .part before trusting it.
+        await self._write_from(offset, data)
+
+    async def write_stream(self, data: AsyncIterator[bytes]) -> None:
+        await self._write_from(0, data)
+
+    async def _write_from(self, offset: int, data: AsyncIterator[bytes]) -> None:
+        fd = self._require_fd()
+        batch: list[bytes] = []
+        batch_bytes = 0
+        pos = offset
+        async for piece in data:
+            if not piece:
+                continue
+            batch.append(piece)
+            batch_bytes += len(piece)
+            if batch_bytes >= WRITE_BATCH_BYTES or len(batch) >= _IOV_MAX:
+                await self._pwritev(fd, batch, pos)
+                pos += batch_bytes
+                batch, batch_bytes = [], 0
+        if batch:
+            await self._pwritev(fd, batch, pos)
+
+    async def _pwritev(self, fd: int, batch: list[bytes], offset: int) -> None:
+        try:
+            await self._in_thread(_pwritev_all, fd, batch, offset)
+        except OSError as exc:
+            raise _os_error(exc, f"write {self.part_path}") from exc
+
+    async def _in_thread(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn`` in a thread; a cancelled caller stops waiting, abort() still waits."""
+        fut = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        self._ops.add(fut)
+        fut.add_done_callback(self._ops.discard)
+        await asyncio.shield(fut)
+
+    async def read_back(self) -> AsyncIterator[bytes]:
+        fd = self._require_fd()
+        pos = 0
+        while True:
+            try:
+                piece = await asyncio.to_thread(os.pread, fd, READ_PIECE_BYTES, pos)
+            except OSError as exc:
+                raise _os_error(exc, f"read back {self.part_path}") from exc
+            if not piece:
+                return
+            pos += len(piece)
+            yield piece
+
+    async def commit(self) -> None:
+        fd = self._require_fd()
+        try:
+            await asyncio.to_thread(self._commit, fd)
+        except OSError as exc:
+            raise _os_error(exc, f"rename {self.part_path} to {self.path.name}") from exc
+        self._fd = None
+
+    def _commit(self, fd: int) -> None:
+        if self._size is not None and os.fstat(fd).st_size != self._size:
+            raise OSError(errno.EIO, f"partial file has {os.fstat(fd).st_size} bytes")
+        os.fsync(fd)
+        os.close(fd)
+        if not self.overwrite and self.path.exists():
+            raise FileExistsError(errno.EEXIST, "destination appeared during the copy")
+        os.replace(self.part_path, self.path)
+        with contextlib.suppress(FileNotFoundError):
+            sidecar_path(self.path).unlink()
+        _fsync_dir(self.path.parent)
+
+    async def abort(self, *, keep_partial: bool) -> None:
+        fd, self._fd = self._fd, None
+        if self._ops:
+            await asyncio.gather(*self._ops, return_exceptions=True)
+        await asyncio.to_thread(self._abort, fd, keep_partial)
+
+    def _abort(self, fd: int | None, keep_partial: bool) -> None:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if keep_partial:
+            return
+        side = sidecar_path(self.path)
+        for p in (self.part_path, side, side.with_name(side.name + ".tmp")):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
+def _pwritev_all(fd: int, batch: list[bytes], offset: int) -> None:
+    """pwritev every byte of ``batch`` at ``offset`` (short writes are retried)."""
+    views = [memoryview(b) for b in batch]
+    while views:
+        written = os.pwritev(fd, views, offset)
+        if written <= 0:
+            raise OSError(errno.EIO, "pwritev wrote nothing")
+        offset += written
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if written and views:
+            views[0] = views[0][written:]
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,196 @@
+"""Moving one file with the streaming mover, as a worker does it.
+
+claim (lease) → heartbeat every second with progress → copy with the chunk
+manifest in Redis → verified: FINISHED; failed: classified and handed to the
+store, which decides retry-with-backoff or FAILED.  Safe under at-least-once
+delivery: a message for a file that is not claimable is a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from policies.chunking import ChunkPolicy
+from transferd.errors import Canceled, TransferError
+from transferd.models import FileRecord
+from transferd.states import FileState
+from workers.runtime import StopReason, WorkerRuntime
+from workers.stream.base import no_headers
+from workers.stream.endpoints import open_sink, open_source
+from workers.stream.engine import copy_file
+from workers.stream.manifest import RedisManifestStore
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL_S = 1.0
+
+
+@dataclass
+class _Progress:
+    bytes_done: int = 0
+    rate_bps: float = 0.0
+
+
+def manifest_key(file_id: str) -> str:
+    return f"td:manifest:{file_id}"
+
+
+async def _heartbeat(
+    rt: WorkerRuntime, file_id: str, progress: _Progress, cancel: asyncio.Event, why: list[str]
+) -> None:
+    assert rt.store is not None
+    while not cancel.is_set():
+        try:
+            alive = await rt.store.heartbeat(
+                file_id, rt.worker_id, progress.bytes_done, progress.rate_bps, rt.lease_s
+            )
+        except Exception:  # Redis hiccup: keep moving, the lease has slack
+            log.warning("heartbeat for %s failed", file_id, exc_info=True)
+            alive = True
+        if not alive:
+            why.append("lost")
+            cancel.set()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(cancel.wait(), HEARTBEAT_INTERVAL_S)
+
+
+async def move_stream_file(rt: WorkerRuntime, file_id: str) -> None:
+    """Claim and move one file with the streaming mover; every outcome is recorded."""
+    store, session, redis = rt.store, rt.session, rt.redis
+    assert store is not None and session is not None and redis is not None
+    if not rt.accepting:
+        return
+    record = await store.claim(file_id, rt.worker_id, rt.lease_s)
+    if record is None:
+        return  # duplicate delivery, canceled, or someone else holds it
+    cancel = asyncio.Event()
+    why: list[str] = []
+    rt.running[file_id] = (cancel, why)
+    progress = _Progress()
+    beat = asyncio.create_task(_heartbeat(rt, file_id, progress, cancel, why))
+    try:
+        await _copy(rt, record, progress, cancel, why)
+    finally:
+        cancel.set()
+        beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beat
+        rt.running.pop(file_id, None)
+
+
+async def _copy(
+    rt: WorkerRuntime,
+    record: FileRecord,
+    progress: _Progress,
+    cancel: asyncio.Event,
+    why: list[str],
+) -> None:
+    store, session, redis = rt.store, rt.session, rt.redis
+    assert store is not None and session is not None and redis is not None
+    job = await store.get_job(record.job_id)
+    params = job.params if job is not None else None
+    manifest = RedisManifestStore(redis, manifest_key(record.file_id))
+
+    async def on_progress(bytes_done: int, rate_bps: float) -> None:
+        progress.bytes_done = bytes_done
+        progress.rate_bps = rate_bps
+
+    sink = None
+    try:
+        source = open_source(record.source, session, no_headers)
+        sink = open_sink(
+            record.destination, session, no_headers, params.overwrite if params else False
+        )
+        try:
+            result = await copy_file(
+                source,
+                sink,
+                expected_checksum=record.checksum,
+                verify=params.verify_checksum if params else "both",
+                manifest=manifest,
+                policy=ChunkPolicy(),
+                progress=on_progress,
+                cancel=cancel,
+            )
+        finally:
+            await source.aclose()
+    except Canceled:
+        await _stopped(rt, record, sink, why)
+        return
+    except TransferError as exc:
+        await _failed(rt, record, sink, exc)
+        return
+    except Exception as exc:  # a bug or an unexpected library error: record it, do not lose the file
+        log.exception("unexpected error moving %s", record.file_id)
+        err = TransferError(f"internal error: {type(exc).__name__}")
+        err.retryable = True
+        await _failed(rt, record, sink, err)
+        return
+    if record.size is None:
+        await store.set_size(record.file_id, result.size)
+    finished = await store.finish(record.file_id, rt.worker_id, result.checksum, result.size)
+    await manifest.clear()
+    if not finished:
+        log.info("%s finished copying but was no longer ours (canceled or reaped)", record.file_id)
+
+
+async def _stopped(
+    rt: WorkerRuntime, record: FileRecord, sink: object | None, why: list[str]
+) -> None:
+    """The copy stopped on our cancel event: release, cancel, or a lost lease."""
+    store = rt.store
+    assert store is not None
+    if StopReason.RELEASE in why:
+        await _abort(sink, keep_partial=True)
+        await store.release(record.file_id, rt.worker_id)
+        return
+    current = await store.get_file(record.file_id)
+    if current is not None and current.state == FileState.CANCELED:
+        await _abort(sink, keep_partial=False)
+        await RedisManifestStore(rt.redis, manifest_key(record.file_id)).clear()  # type: ignore[arg-type]
+    else:
+        # Reaped while we stalled: another worker may be resuming the .part now.
+        log.warning("%s: lease lost, leaving the partial file to its new owner", record.file_id)
+
+
+async def _failed(
+    rt: WorkerRuntime, record: FileRecord, sink: object | None, exc: TransferError
+) -> None:
+    store = rt.store
+    assert store is not None
+    retry_after = getattr(exc, "retry_after_s", None)
+    retryable = exc.retryable
+    if exc.error_class == "checksum" and record.attempts >= 2:
+        retryable = False  # a second mismatch is not bad luck on the wire
+    state = await store.fail(
+        record.file_id,
+        rt.worker_id,
+        exc.error_class,
+        exc.reason,
+        retryable=retryable,
+        retry_after_s=retry_after,
+    )
+    if state == FileState.FAILED:
+        await _abort(sink, keep_partial=False)
+        await RedisManifestStore(rt.redis, manifest_key(record.file_id)).clear()  # type: ignore[arg-type]
+    else:
+        await _abort(sink, keep_partial=True)
+    log.info(
+        "%s failed (%s): %s -> %s at %.0f", record.file_id, exc.error_class, exc.reason, state,
+        time.time(),
+    )
+
+
+async def _abort(sink: object | None, *, keep_partial: bool) -> None:
+    abort = getattr(sink, "abort", None)
+    if abort is None:
+        return
+    try:
+        await abort(keep_partial=keep_partial)
+    except Exception:  # cleaning up must not hide the original outcome
+        log.warning("abort of %s failed", getattr(sink, "url", "?"), exc_info=True)
