@@ -74,6 +74,11 @@ def run_measured(argv: Sequence[str], *, timeout_s: float, cwd: Path | None = No
         timer.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            # Ctrl-C reaches only us (the child has its own session): take it down too.
+            _kill_group(proc.pid)
+            proc.wait()
+            raise
         finally:
             timer.cancel()
         wall_s = time.monotonic() - start

@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from measure import Completed, drop_page_cache, rss_exact, run_measured, sync_s
 from resume import measure_resume, plan_for
 from tools import (
     BIG,
+    TOOLS,
     Contender,
     Context,
     VerifyError,
@@ -177,9 +179,12 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
     transferd = None
     if not args.no_transferd:
-        transferd = args.transferd.split() if args.transferd else find_transferd()
+        transferd = shlex.split(args.transferd) if args.transferd else find_transferd()
     streams = [int(s) for s in args.streams.split(",") if s.strip()]
     only = {s.strip() for s in args.only.split(",") if s.strip()}
+    if only - TOOLS:
+        _log(f"--only: unknown tool(s) {sorted(only - TOOLS)}; choose from {sorted(TOOLS)}")
+        return EXIT_USAGE
 
     tmp = Path(tempfile.mkdtemp(prefix="transferd-bench-", dir=args.workdir))
     try:

@@ -20,6 +20,7 @@ from measure import Completed
 
 BIG = "big"
 SMALL = "small"
+TOOLS = frozenset({"transferd", "curl", "aria2c", "rclone"})
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _PRINTED_RE = re.compile(r"^adler32:([0-9a-fA-F]{1,8})\s+(.+?)\s*$", re.MULTILINE)
 
@@ -181,6 +182,13 @@ def _transferd(ctx: Context, src: str, dst: Path, streams: int | None) -> list[s
     return argv + (["--streams", str(streams)] if streams else [])
 
 
+def _transferd_big(streams: int | None) -> Callable[[Context], list[str]]:
+    def command(c: Context) -> list[str]:
+        return _transferd(c, c.big_url, c.big_out, streams)
+
+    return command
+
+
 def _rclone(ctx: Context, *args: str) -> list[str]:
     # An empty config file: no user remotes leak in, and no "config not found" notice.
     return [ctx.rclone, *args, "--config", str(ctx.work / "rclone.conf"), "-q"]
@@ -194,7 +202,7 @@ def contenders(ctx: Context, transferd_streams: list[int]) -> list[Contender]:
                 "transferd",
                 "transferd cp (adler32)",
                 BIG,
-                lambda c: _transferd(c, c.big_url, c.big_out, None),
+                _transferd_big(None),
                 verify_transferd_big,
             )
         )
@@ -204,7 +212,7 @@ def contenders(ctx: Context, transferd_streams: list[int]) -> list[Contender]:
                     "transferd",
                     f"transferd cp --streams {n}",
                     BIG,
-                    lambda c, n=n: _transferd(c, c.big_url, c.big_out, n),
+                    _transferd_big(n),
                     verify_transferd_big,
                     primary=False,
                 )

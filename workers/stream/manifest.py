@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -148,6 +149,17 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+async def _finish_even_if_cancelled(write: Callable[[Manifest], None], m: Manifest) -> None:
+    """Run ``write`` in a thread and wait for it even when cancelled, so a write
+    never lands after the caller has moved on (e.g. removed the sidecar)."""
+    fut = asyncio.ensure_future(asyncio.to_thread(write, m))
+    try:
+        await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        await fut
+        raise
+
+
 def sidecar_path(final_path: str | os.PathLike[str]) -> Path:
     """Where ``transferd cp`` keeps the manifest for ``final_path`` (beside its ``.part``)."""
     p = Path(final_path)
@@ -182,14 +194,14 @@ class SidecarManifestStore:
     async def reset(self, header: ManifestHeader) -> None:
         async with self._lock:
             self._manifest = Manifest(header)
-            await asyncio.to_thread(self._write, self._manifest)
+            await _finish_even_if_cancelled(self._write, self._manifest)
 
     async def record(self, index: int, chunk: ChunkRecord) -> None:
         async with self._lock:
             if self._manifest is None:
                 raise RuntimeError("record() before reset() or load()")
             self._manifest.chunks[index] = chunk
-            await asyncio.to_thread(self._write, self._manifest)
+            await _finish_even_if_cancelled(self._write, self._manifest)
 
     def _write(self, manifest: Manifest) -> None:
         h = manifest.header
