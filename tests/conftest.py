@@ -1,3 +1,3 @@
 """Fixtures: every peer is a real server started here on 127.0.0.1 at an ephemeral port."""
 
-pytest_plugins = ["tests.redis_server", "tests.servers"]
+pytest_plugins = ["tests.redis_server", "tests.servers", "tests.node_proc"]

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.redis_server import RedisServer
 from transferd.client import Client
 
 TRANSFERD = [sys.executable, "-m", "transferd"]
@@ -42,7 +41,9 @@ class Proc:
             env={**os.environ, **(env or {})},
         )
         proc = cls(popen)
-        threading.Thread(target=_pump, args=(popen.stdout, proc.lines, proc.log), daemon=True).start()
+        pump = threading.Thread(target=_pump, args=(popen.stdout, proc.lines, proc.log))
+        pump.daemon = True
+        pump.start()
         return proc
 
     def wait_for_line(self, needle: str, timeout_s: float = 30) -> str:
@@ -117,11 +118,12 @@ def wait_until(predicate: Callable[[], object], timeout_s: float = 60, what: str
 
 
 @pytest.fixture
-def node_factory(tmp_path: Path, redis_server: RedisServer) -> Iterator[Callable[..., Node]]:
+def node_factory(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Node]]:
+    """Starts `transferd serve` processes on the test's (flushed) Redis; stops them after."""
     started: list[Proc] = []
 
     def factory(**kwargs: object) -> Node:
-        kwargs.setdefault("redis_url", redis_server.url)
+        kwargs.setdefault("redis_url", redis_url)
         node = start_node(tmp_path / f"node{len(started)}", **kwargs)  # type: ignore[arg-type]
         started.append(node.proc)
         return node

@@ -473,7 +473,8 @@ def watch(client: Client, job_id: str, *, interval_s: float = 0.5, out: TextIO) 
                 continue
             totals = job.get("totals") or {}
             by_state = totals.get("files_by_state") or {}
-            described = (f"job {job_id} {job.get('state')} "
+            short_id = job_id if len(job_id) <= 12 else job_id[:8] + "…"
+            described = (f"job {short_id} {job.get('state')} "
                          f"{by_state.get('FINISHED', 0)}/{totals.get('files', 0)} files")
             progress.update(
                 job_bar, description=described, total=totals.get("bytes_total") or None,
@@ -483,7 +484,7 @@ def watch(client: Client, job_id: str, *, interval_s: float = 0.5, out: TextIO) 
             for f in active:
                 fid = f["file_id"]
                 seen.add(fid)
-                label = "  " + (f.get("destination") or fid).rsplit("/", 1)[-1][:40]
+                label = "  " + (f.get("destination") or fid).rsplit("/", 1)[-1][:30]
                 if fid not in bars:
                     bars[fid] = progress.add_task(label, total=f.get("size"))
                 progress.update(bars[fid], total=f.get("size"), completed=f.get("bytes_done") or 0,

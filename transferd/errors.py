@@ -1,7 +1,7 @@
 """The exception tree every failure in transferd descends from.
 
     TransferError                 (class "internal" unless a subclass says otherwise)
-     ├── RetryableError           transient: connection reset, timeout, 5xx, 429 (carries retry_after_s)
+     ├── RetryableError           transient: reset, timeout, 5xx, 429 (carries retry_after_s)
      ├── PermanentError           will not get better by retrying: 404/410, bad request, disk full
      │    └── NotFound            the source or destination does not exist
      ├── AuthError                401/403 from a peer; class "auth"

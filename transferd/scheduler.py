@@ -19,8 +19,10 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import redis.asyncio
+from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 
 from transferd.store import JobStore
@@ -124,13 +126,13 @@ class Scheduler:
             await asyncio.to_thread(self._enqueue, messages)
         return len(messages)
 
-    def _enqueue(self, messages: list[object]) -> None:
+    def _enqueue(self, messages: list[Message[None]]) -> None:
         for message in messages:
-            self.broker.enqueue(message)  # type: ignore[arg-type]
+            self.broker.enqueue(message)
 
     async def _wait_for_events(self) -> None:
         """Block until a file event (a slot may have freed) or a short idle timeout."""
-        answer = await self.redis.xread(
+        answer: Any = await self.redis.xread(
             {"td:events": self._last_event_id}, count=1000, block=IDLE_WAKE_MS
         )
         for _stream, entries in answer or []:

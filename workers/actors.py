@@ -39,13 +39,8 @@ def declare_actors(broker: RedisBroker, rt: WorkerRuntime) -> list[dramatiq.Acto
             else:
                 rt.call(_unavailable(rt, _backend, file_id))
 
-        actors.append(
-            dramatiq.actor(
-                run,
-                actor_name=actor_name(backend),
-                queue_name=queue_name(backend),
-                broker=broker,
-                max_retries=0,
-            )
+        declare = dramatiq.actor(
+            actor_name=actor_name(backend), queue_name=queue_name(backend), broker=broker
         )
+        actors.append(declare(run))
     return actors

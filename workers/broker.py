@@ -24,7 +24,9 @@ def actor_name(backend: str) -> str:
 
 def make_broker(redis_url: str) -> RedisBroker:
     """A broker on ``redis_url`` with only the middleware transferd wants."""
-    broker = RedisBroker(url=redis_url, middleware=[], namespace="td-dramatiq")
+    broker = RedisBroker(  # type: ignore[no-untyped-call]
+        url=redis_url, middleware=[], namespace="td-dramatiq"
+    )
     for backend in BACKENDS:
         broker.declare_queue(queue_name(backend))
     return broker

@@ -23,6 +23,7 @@ import aiohttp
 import redis.asyncio
 
 from transferd.store import JobStore
+from workers.stream.http import new_session
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,12 +60,7 @@ class WorkerRuntime:
 
     async def _open(self) -> None:
         self.redis = redis.asyncio.Redis.from_url(self.redis_url)
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=64, ttl_dns_cache=300)
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(total=None, connect=30, sock_read=120),
-        )
+        self.session = new_session()
         self.store = JobStore(self.redis)
 
     def start(self) -> None:

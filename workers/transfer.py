@@ -125,7 +125,7 @@ async def _copy(
     except TransferError as exc:
         await _failed(rt, record, sink, exc)
         return
-    except Exception as exc:  # a bug or an unexpected library error: record it, do not lose the file
+    except Exception as exc:  # a bug or a library surprise: record it, never lose the file
         log.exception("unexpected error moving %s", record.file_id)
         err = TransferError(f"internal error: {type(exc).__name__}")
         err.retryable = True

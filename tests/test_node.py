@@ -1,0 +1,248 @@
+"""End to end: real `transferd serve` / `transferd worker` processes, real redis, real nginx."""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.node_proc import TRANSFERD, Node, Proc, create_token, wait_until
+from tests.redis_server import RedisServer
+from tests.servers import FaultProxy, NginxServer
+from transferd.client import Client
+
+MiB = 1024 * 1024
+
+
+def adler32_hex(path: Path) -> str:
+    value = 1
+    with path.open("rb") as f:
+        while block := f.read(4 * MiB):
+            value = zlib.adler32(block, value)
+    return f"{value:08x}"
+
+
+def write_random(path: Path, size: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+def job_state(client: Client, job_id: str) -> str:
+    return str(client.job(job_id)["state"])
+
+
+def wait_state(client: Client, job_id: str, states: set[str], timeout_s: float = 60) -> dict:
+    def done() -> dict | None:
+        job = client.job(job_id)
+        return job if job["state"] in states else None
+
+    return wait_until(done, timeout_s, f"job {job_id} to reach {states}")  # type: ignore[return-value]
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Path:
+    d = tmp_path / "dest"
+    d.mkdir()
+    return d
+
+
+def test_submit_http_source_finishes_with_verified_checksum(
+    node_factory: Callable[..., Node], nginx_server: NginxServer, redis_server: RedisServer,
+    dest: Path,
+) -> None:
+    src = write_random(nginx_server.root / "data" / "big.bin", 20 * MiB + 7)
+    small = write_random(nginx_server.root / "data" / "one.bin", 1)
+    empty = nginx_server.root / "data" / "empty.bin"
+    empty.write_bytes(b"")
+    node = node_factory(allow_roots=[dest])
+    client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
+    files = [
+        {"source": f"{nginx_server.url}/data/{p.name}", "destination": f"file://{dest}/{p.name}",
+         "checksum": f"adler32:{adler32_hex(p)}"}
+        for p in (src, small, empty)
+    ]
+    answer = client.submit(files, {"verify_checksum": "both"})
+    job = wait_state(client, answer["job_id"], {"FINISHED", "FAILED", "FINISHEDDIRTY"})
+    assert job["state"] == "FINISHED"
+    assert job["totals"]["bytes_done"] == job["totals"]["bytes_total"] == src.stat().st_size + 1
+    listed = client.files(answer["job_id"])["files"]
+    for record, path in zip(listed, (src, small, empty), strict=True):
+        assert record["state"] == "FINISHED"
+        assert record["verified_checksum"] == f"adler32:{adler32_hex(path)}"
+        assert (dest / path.name).read_bytes() == path.read_bytes()
+    assert not list(dest.glob("*.part*"))
+
+
+def test_ten_thousand_small_files_in_one_job(
+    node_factory: Callable[..., Node], nginx_server: NginxServer, redis_server: RedisServer,
+    dest: Path,
+) -> None:
+    count = 10_000
+    folder = nginx_server.root / "many"
+    folder.mkdir()
+    for i in range(count):
+        (folder / f"f{i:05d}").write_bytes(f"file {i}\n".encode())
+    node = node_factory(allow_roots=[dest], workers=8)
+    client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
+    files = [
+        {"source": f"{nginx_server.url}/many/f{i:05d}", "destination": f"file://{dest}/f{i:05d}"}
+        for i in range(count)
+    ]
+    answer = client.submit(files, {})
+    job = wait_state(client, answer["job_id"], {"FINISHED", "FAILED", "FINISHEDDIRTY"}, 600)
+    assert job["state"] == "FINISHED"
+    assert job["totals"]["files_by_state"]["FINISHED"] == count
+    assert len(os.listdir(dest)) == count
+    assert (dest / "f09999").read_bytes() == b"file 9999\n"
+
+
+def test_cancel_mid_transfer_stops_and_leaves_nothing(
+    node_factory: Callable[..., Node], nginx_server: NginxServer, redis_server: RedisServer,
+    fault_proxy: Callable[[str], FaultProxy], dest: Path,
+) -> None:
+    write_random(nginx_server.root / "slow.bin", 40 * MiB)
+    proxy = fault_proxy(nginx_server.url)
+    proxy.set(throttle_bps=2 * MiB)
+    node = node_factory(allow_roots=[dest])
+    client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
+    answer = client.submit(
+        [{"source": f"{proxy.url}/slow.bin", "destination": f"file://{dest}/slow.bin"}], {}
+    )
+    job_id = answer["job_id"]
+    wait_until(lambda: client.job(job_id)["totals"]["bytes_done"] > 0, 30, "bytes to move")
+    canceled = client.cancel(job_id)
+    assert canceled["state"] == "CANCELED"
+    # the worker notices within its heartbeat and removes its partial data
+    wait_until(lambda: not any(dest.iterdir()), 5, "partial files to disappear")
+    assert not (dest / "slow.bin").exists()
+    assert client.files(job_id)["files"][0]["state"] == "CANCELED"
+
+
+def test_failed_files_retry_to_finished(
+    node_factory: Callable[..., Node], nginx_server: NginxServer, redis_server: RedisServer,
+    dest: Path,
+) -> None:
+    write_random(nginx_server.root / "here.bin", MiB)
+    node = node_factory(allow_roots=[dest])
+    client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
+    files = [
+        {"source": f"{nginx_server.url}/{name}", "destination": f"file://{dest}/{name}"}
+        for name in ("here.bin", "late.bin")
+    ]
+    job_id = client.submit(files, {"max_retries": 0})["job_id"]
+    job = wait_state(client, job_id, {"FINISHED", "FAILED", "FINISHEDDIRTY"})
+    assert job["state"] == "FINISHEDDIRTY"
+    failed = client.files(job_id, state="FAILED")["files"]
+    assert [f["index"] for f in failed] == [1]
+    assert failed[0]["error_class"] == "not_found"
+    assert "404" in failed[0]["reason"]
+    write_random(nginx_server.root / "late.bin", MiB)
+    retried = client.retry(job_id)
+    assert retried["retried"] == 1
+    job = wait_state(client, job_id, {"FINISHED", "FAILED", "FINISHEDDIRTY"})
+    assert job["state"] == "FINISHED"
+    assert (dest / "late.bin").read_bytes() == (nginx_server.root / "late.bin").read_bytes()
+
+
+def test_idempotent_resubmit_returns_the_same_job(
+    node_factory: Callable[..., Node], nginx_server: NginxServer, redis_server: RedisServer,
+    dest: Path,
+) -> None:
+    write_random(nginx_server.root / "x.bin", 1000)
+    node = node_factory(allow_roots=[dest])
+    client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
+    files = [{"source": f"{nginx_server.url}/x.bin", "destination": f"file://{dest}/x.bin"}]
+    first = client.submit(files, {}, idempotency_key="pipeline-run-42")
+    again = client.submit(files, {}, idempotency_key="pipeline-run-42")
+    assert again["job_id"] == first["job_id"]
+    assert [j["job_id"] for j in client.jobs()["jobs"]] == [first["job_id"]]
+
+
+def _start_worker(redis_url: str, *extra: str) -> Proc:
+    proc = Proc.start([*TRANSFERD, "worker", "--redis-url", redis_url, "--threads", "2", *extra])
+    proc.wait_for_line("ready", 30)
+    return proc
+
+
+def test_worker_killed_mid_file_is_reaped_and_resumed(
+    node_factory: Callable[..., Node], nginx_server: NginxServer, redis_server: RedisServer,
+    fault_proxy: Callable[[str], FaultProxy], dest: Path,
+) -> None:
+    size = 64 * MiB
+    src = write_random(nginx_server.root / "resume.bin", size)
+    proxy = fault_proxy(nginx_server.url)
+    proxy.set(throttle_bps=16 * MiB)
+    node = node_factory(allow_roots=[dest], workers=0)
+    client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
+    worker = _start_worker(redis_server.url, "--lease-s", "3")
+    job_id = client.submit(
+        [{"source": f"{proxy.url}/resume.bin", "destination": f"file://{dest}/resume.bin",
+          "checksum": f"adler32:{adler32_hex(src)}"}], {},
+    )["job_id"]
+    wait_until(lambda: client.job(job_id)["totals"]["bytes_done"] >= size // 2, 60, "half")
+    worker.kill9()
+    nginx_server.clear_log()
+    proxy.set(throttle_bps=0)
+    second = _start_worker(redis_server.url, "--lease-s", "3")
+    try:
+        job = wait_state(client, job_id, {"FINISHED", "FAILED"}, 90)
+    finally:
+        second.stop()
+    assert job["state"] == "FINISHED"
+    assert (dest / "resume.bin").read_bytes() == src.read_bytes()
+    record = client.files(job_id)["files"][0]
+    assert record["attempts"] == 2
+    fetched = sum(e.body_bytes_sent for e in nginx_server.log_entries() if e.method == "GET")
+    chunk_bytes, streams = 8 * MiB, 4  # the planner's figures for a 64 MiB file, at most
+    assert fetched <= size // 2 + chunk_bytes * streams, fetched
+
+
+def test_worker_sigterm_releases_its_file(
+    node_factory: Callable[..., Node], nginx_server: NginxServer, redis_server: RedisServer,
+    fault_proxy: Callable[[str], FaultProxy], dest: Path,
+) -> None:
+    write_random(nginx_server.root / "slow.bin", 32 * MiB)
+    proxy = fault_proxy(nginx_server.url)
+    proxy.set(throttle_bps=2 * MiB)
+    node = node_factory(allow_roots=[dest], workers=0)
+    client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
+    worker = _start_worker(redis_server.url)
+    job_id = client.submit(
+        [{"source": f"{proxy.url}/slow.bin", "destination": f"file://{dest}/slow.bin"}], {}
+    )["job_id"]
+    wait_until(lambda: client.job(job_id)["totals"]["bytes_done"] > 0, 30, "bytes to move")
+    assert worker.stop(timeout_s=15) == 0
+    record = client.files(job_id)["files"][0]
+    assert record["state"] == "SUBMITTED"
+    assert record["attempts"] == 0  # a release is not a failed attempt
+
+
+def test_leader_killed_another_node_takes_over(
+    node_factory: Callable[..., Node], nginx_server: NginxServer, redis_server: RedisServer,
+    dest: Path,
+) -> None:
+    write_random(nginx_server.root / "y.bin", MiB)
+    first = node_factory(allow_roots=[dest], workers=2)
+    second = node_factory(allow_roots=[dest], workers=2)
+    r = redis.Redis(port=redis_server.port)
+    leader = wait_until(lambda: r.get("td:leader"), 10, "a leader")
+    leader_pid = int(leader.split(b":")[1])  # type: ignore[union-attr]
+    nodes = {first.proc.popen.pid: first, second.proc.popen.pid: second}
+    dead = nodes.pop(leader_pid)
+    survivor = next(iter(nodes.values()))
+    dead.proc.kill9()
+    new_leader = wait_until(
+        lambda: (v := r.get("td:leader")) and int(v.split(b":")[1]) == survivor.proc.popen.pid,
+        15, "the survivor to lead",
+    )
+    assert new_leader
+    client = Client(survivor.url, create_token("lofar", "submitter", redis_url=redis_server.url))
+    job_id = client.submit(
+        [{"source": f"{nginx_server.url}/y.bin", "destination": f"file://{dest}/y.bin"}], {}
+    )["job_id"]
+    assert wait_state(client, job_id, {"FINISHED", "FAILED"}, 30)["state"] == "FINISHED"
