@@ -271,7 +271,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     redis_url = args.redis_url or os.environ.get(ENV_REDIS_URL)
     if not redis_url:
         raise UsageError(f"no Redis URL: pass --redis-url or set {ENV_REDIS_URL}")
-    return run_worker(redis_url, args.threads)
+    if args.lease_s is None:
+        return run_worker(redis_url, args.threads)
+    # Only passed when asked for, so the worker's own default stays the single source.
+    lease: dict[str, Any] = {"lease_s": args.lease_s}
+    return run_worker(redis_url, args.threads, **lease)
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
@@ -574,6 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--threads 8")
     p.add_argument("--redis-url", help=f"the shared Redis (default: ${ENV_REDIS_URL})")
     p.add_argument("--threads", type=int, default=8, help="worker threads (default 8)")
+    p.add_argument("--lease-s", type=float, metavar="SECONDS",
+                   help="how long a claimed file stays ours without a heartbeat")
 
     token = sub.add_parser("token", help="manage API tokens", description="manage API tokens")
     token_sub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)

@@ -32,7 +32,10 @@ class WorkerPool:
         self.broker = make_broker(redis_url)
         self.runtime = WorkerRuntime(redis_url, lease_s=lease_s)
         declare_actors(self.broker, self.runtime)
-        self.worker = Worker(self.broker, worker_threads=threads, worker_timeout=500)
+        # dramatiq's consumer backs off up to worker_timeout when its queue is
+        # empty; the scheduler dispatches just in time, so a long backoff would
+        # leave threads idle between small files.
+        self.worker = Worker(self.broker, worker_threads=threads, worker_timeout=50)
 
     def start(self) -> None:
         self.runtime.start()

@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -22,11 +23,13 @@ from typing import Any, TypeVar
 import aiohttp
 import redis.asyncio
 
+from transferd.models import JobParams
 from transferd.store import JobStore
 from workers.stream.http import new_session
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+PARAMS_CACHE_SIZE = 1000
 
 
 class StopReason:
@@ -51,6 +54,22 @@ class WorkerRuntime:
         # file_id -> (cancel event, stop reason holder)
         self.running: dict[str, tuple[asyncio.Event, list[str]]] = {}
         self.accepting = True
+        self._params: OrderedDict[str, JobParams] = OrderedDict()
+
+    async def job_params(self, job_id: str) -> JobParams | None:
+        """A job's params (immutable after submission), cached: a job of 10,000
+        small files should not cost 10,000 job reads."""
+        if job_id in self._params:
+            self._params.move_to_end(job_id)
+            return self._params[job_id]
+        assert self.store is not None
+        job = await self.store.get_job(job_id)
+        if job is None:
+            return None
+        self._params[job_id] = job.params
+        while len(self._params) > PARAMS_CACHE_SIZE:
+            self._params.popitem(last=False)
+        return job.params
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)

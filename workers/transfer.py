@@ -92,8 +92,7 @@ async def _copy(
 ) -> None:
     store, session, redis = rt.store, rt.session, rt.redis
     assert store is not None and session is not None and redis is not None
-    job = await store.get_job(record.job_id)
-    params = job.params if job is not None else None
+    params = await rt.job_params(record.job_id)
     manifest = RedisManifestStore(redis, manifest_key(record.file_id))
 
     async def on_progress(bytes_done: int, rate_bps: float) -> None:
