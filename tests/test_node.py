@@ -179,7 +179,7 @@ def test_worker_killed_mid_file_is_reaped_and_resumed(
     proxy.set(throttle_bps=16 * MiB)
     node = node_factory(allow_roots=[dest], workers=0)
     client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
-    worker = _start_worker(redis_server.url, "--lease-s", "3")
+    worker = _start_worker(redis_server.url, "--lease-s", "3", "--chunk-size", "8M")
     job_id = client.submit(
         [{"source": f"{proxy.url}/resume.bin", "destination": f"file://{dest}/resume.bin",
           "checksum": f"adler32:{adler32_hex(src)}"}], {},
@@ -188,7 +188,7 @@ def test_worker_killed_mid_file_is_reaped_and_resumed(
     worker.kill9()
     nginx_server.clear_log()
     proxy.set(throttle_bps=0)
-    second = _start_worker(redis_server.url, "--lease-s", "3")
+    second = _start_worker(redis_server.url, "--lease-s", "3", "--chunk-size", "8M")
     try:
         job = wait_state(client, job_id, {"FINISHED", "FAILED"}, 90)
     finally:

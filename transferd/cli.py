@@ -265,17 +265,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _size(text: str) -> int:
+    """A size like 64M or 1G (argparse type; the parser lives with the mover)."""
+    from workers.stream.cp import parse_size
+
+    return parse_size(text)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from workers.runner import run_worker
+    from workers.stream.cp import chunk_policy
 
     redis_url = args.redis_url or os.environ.get(ENV_REDIS_URL)
     if not redis_url:
         raise UsageError(f"no Redis URL: pass --redis-url or set {ENV_REDIS_URL}")
-    if args.lease_s is None:
-        return run_worker(redis_url, args.threads)
-    # Only passed when asked for, so the worker's own default stays the single source.
-    lease: dict[str, Any] = {"lease_s": args.lease_s}
-    return run_worker(redis_url, args.threads, **lease)
+    policy = chunk_policy(args.streams, args.chunk_size)
+    return run_worker(redis_url, args.threads, lease_s=args.lease_s, chunk_policy=policy)
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
@@ -578,8 +583,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--threads 8")
     p.add_argument("--redis-url", help=f"the shared Redis (default: ${ENV_REDIS_URL})")
     p.add_argument("--threads", type=int, default=8, help="worker threads (default 8)")
-    p.add_argument("--lease-s", type=float, metavar="SECONDS",
-                   help="how long a claimed file stays ours without a heartbeat")
+    p.add_argument("--lease-s", type=float, default=30.0, metavar="SECONDS",
+                   help="how long a claimed file stays ours without a heartbeat (default 30)")
+    p.add_argument("--chunk-size", type=_size, default=None, metavar="SIZE",
+                   help="chunk size for the streaming mover, e.g. 16M, 64M (default 64M)")
+    p.add_argument("--streams", type=int, default=None, metavar="N",
+                   help="parallel ranged streams per file (default 4)")
 
     token = sub.add_parser("token", help="manage API tokens", description="manage API tokens")
     token_sub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)

@@ -16,6 +16,7 @@ from types import FrameType
 
 from dramatiq import Worker
 
+from policies.chunking import ChunkPolicy
 from workers.actors import declare_actors
 from workers.broker import make_broker
 from workers.runtime import WorkerRuntime
@@ -28,9 +29,18 @@ SHUTDOWN_TIMEOUT_S = 10.0
 class WorkerPool:
     """dramatiq worker threads plus the shared async runtime they run files on."""
 
-    def __init__(self, redis_url: str, threads: int, *, lease_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        threads: int,
+        *,
+        lease_s: float = 30.0,
+        chunk_policy: ChunkPolicy | None = None,
+    ) -> None:
         self.broker = make_broker(redis_url)
-        self.runtime = WorkerRuntime(redis_url, lease_s=lease_s)
+        self.runtime = WorkerRuntime(
+            redis_url, lease_s=lease_s, chunk_policy=chunk_policy or ChunkPolicy()
+        )
         declare_actors(self.broker, self.runtime)
         # dramatiq's consumer backs off up to worker_timeout when its queue is
         # empty; the scheduler dispatches just in time, so a long backoff would
@@ -49,9 +59,15 @@ class WorkerPool:
         self.broker.close()
 
 
-def run_worker(redis_url: str, threads: int) -> int:
+def run_worker(
+    redis_url: str,
+    threads: int,
+    *,
+    lease_s: float = 30.0,
+    chunk_policy: ChunkPolicy | None = None,
+) -> int:
     """Run a worker process until SIGTERM or SIGINT; returns the exit code."""
-    pool = WorkerPool(redis_url, threads)
+    pool = WorkerPool(redis_url, threads, lease_s=lease_s, chunk_policy=chunk_policy)
     done = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:

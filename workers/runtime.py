@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import aiohttp
 import redis.asyncio
 
+from policies.chunking import ChunkPolicy
 from transferd.models import JobParams
 from transferd.store import JobStore
 from workers.stream.http import new_session
@@ -41,9 +42,12 @@ class StopReason:
 class WorkerRuntime:
     """Loop thread + shared clients + the registry of files in flight."""
 
-    def __init__(self, redis_url: str, *, lease_s: float = 30.0) -> None:
+    def __init__(
+        self, redis_url: str, *, lease_s: float = 30.0, chunk_policy: ChunkPolicy | None = None
+    ) -> None:
         self.redis_url = redis_url
         self.lease_s = lease_s
+        self.chunk_policy = chunk_policy or ChunkPolicy()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="transferd-worker-loop", daemon=True)

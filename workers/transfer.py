@@ -14,7 +14,6 @@ import logging
 import time
 from dataclasses import dataclass
 
-from policies.chunking import ChunkPolicy
 from transferd.errors import Canceled, TransferError
 from transferd.models import FileRecord
 from transferd.states import FileState
@@ -112,7 +111,7 @@ async def _copy(
                 expected_checksum=record.checksum,
                 verify=params.verify_checksum if params else "both",
                 manifest=manifest,
-                policy=ChunkPolicy(),
+                policy=rt.chunk_policy,
                 progress=on_progress,
                 cancel=cancel,
             )

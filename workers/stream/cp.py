@@ -53,6 +53,20 @@ EXAMPLES = """examples:
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
+def chunk_policy(streams: int | None, chunk_size_bytes: int | None) -> ChunkPolicy:
+    """The default policy with the command line's --streams / --chunk-size applied.
+
+    A chunk size below the default minimum lowers the minimum too, so it is honoured.
+    """
+    policy_args: dict[str, int] = {}
+    if streams is not None:
+        policy_args["max_streams"] = streams
+    if chunk_size_bytes is not None:
+        policy_args["chunk_size_bytes"] = chunk_size_bytes
+        policy_args["min_chunk_bytes"] = min(chunk_size_bytes, ChunkPolicy.min_chunk_bytes)
+    return ChunkPolicy(**policy_args)
+
+
 def parse_size(text: str) -> int:
     """Bytes from "1048576", "64M", "64MiB", "1G", "512k" (binary units)."""
     m = re.fullmatch(r"\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
@@ -267,13 +281,8 @@ async def _main(args: argparse.Namespace) -> int:
     if args.destination.endswith("/") and not dst_url.endswith("/"):
         dst_url += "/"
     header_map: Mapping[str, str] = dict(args.header)
-    policy_args: dict[str, int] = {}
-    if args.streams is not None:
-        policy_args["max_streams"] = args.streams
-    if args.chunk_size is not None:
-        policy_args["chunk_size_bytes"] = args.chunk_size
-        policy_args["min_chunk_bytes"] = min(args.chunk_size, ChunkPolicy.min_chunk_bytes)
-    opts = _Options(args.checksum, args.verify, args.overwrite, ChunkPolicy(**policy_args),
+    opts = _Options(args.checksum, args.verify, args.overwrite,
+                    chunk_policy(args.streams, args.chunk_size),
                     args.verbose, tuple(v for _, v in args.header))
 
     async def headers() -> Mapping[str, str]:
