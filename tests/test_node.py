@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -10,10 +11,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.node_proc import TRANSFERD, Node, Proc, create_token, wait_until
+from tests.node_proc import TRANSFERD, Node, Proc, create_token, start_node, wait_until
 from tests.redis_server import RedisServer
 from tests.servers import FaultProxy, NginxServer
 from transferd.client import Client
+from transferd.embedded import PIDFILE_NAME
 
 MiB = 1024 * 1024
 
@@ -246,3 +248,39 @@ def test_leader_killed_another_node_takes_over(
         [{"source": f"{nginx_server.url}/y.bin", "destination": f"file://{dest}/y.bin"}], {}
     )["job_id"]
     assert wait_state(client, job_id, {"FINISHED", "FAILED"}, 30)["state"] == "FINISHED"
+
+
+def test_embedded_default_keeps_an_acknowledged_job_through_kill9(
+    tmp_path: Path, nginx_server: NginxServer, dest: Path
+) -> None:
+    """`transferd serve` with no Redis URL: kill -9 the node and its redis-server, restart."""
+    src = write_random(nginx_server.root / "keep.bin", 3 * MiB)
+    state = tmp_path / "state"
+    node = start_node(state, redis_url=None, workers=0, allow_roots=[dest])
+    try:
+        token = create_token("lofar", "submitter", state_dir=state)
+        client = Client(node.url, token)
+        job_id = client.submit(
+            [{"source": f"{nginx_server.url}/keep.bin", "destination": f"file://{dest}/keep.bin",
+              "checksum": f"adler32:{adler32_hex(src)}"}], {},
+        )["job_id"]
+        redis_pid = int((state / PIDFILE_NAME).read_text())
+    finally:
+        node.proc.kill9()
+    os.kill(redis_pid, signal.SIGKILL)
+    wait_until(lambda: not Path(f"/proc/{redis_pid}").exists() or _zombie(redis_pid), 10, "redis")
+    again = start_node(state, redis_url=None, workers=2, allow_roots=[dest])
+    try:
+        client = Client(again.url, token)
+        job = wait_state(client, job_id, {"FINISHED", "FAILED"}, 60)
+    finally:
+        again.proc.stop()
+    assert job["state"] == "FINISHED"
+    assert (dest / "keep.bin").read_bytes() == src.read_bytes()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return True
