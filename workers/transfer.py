@@ -14,6 +14,14 @@ import logging
 import time
 from dataclasses import dataclass
 
+import redis.exceptions
+from tenacity import (
+    retry,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
 from transferd.errors import Canceled, TransferError
 from transferd.models import FileRecord
 from transferd.states import FileState
@@ -26,6 +34,17 @@ from workers.stream.manifest import RedisManifestStore
 log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_S = 1.0
+
+# A verified copy whose FINISHED report is lost to a Redis blip would be
+# reaped and copied again; reports are retried for a while instead.
+report_retry = retry(
+    retry=retry_if_exception_type(
+        (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+    ),
+    wait=wait_exponential_jitter(initial=0.1, max=5.0),
+    stop=stop_after_delay(60),
+    reraise=True,
+)
 
 
 @dataclass
@@ -129,12 +148,19 @@ async def _copy(
         err.retryable = True
         await _failed(rt, record, sink, err)
         return
-    if record.size is None:
-        await store.set_size(record.file_id, result.size)
-    finished = await store.finish(record.file_id, rt.worker_id, result.checksum, result.size)
+    finished = await _report_finished(rt, record, result.checksum, result.size)
     await manifest.clear()
     if not finished:
         log.info("%s finished copying but was no longer ours (canceled or reaped)", record.file_id)
+
+
+@report_retry
+async def _report_finished(rt: WorkerRuntime, record: FileRecord, checksum: str, size: int) -> bool:
+    store = rt.store
+    assert store is not None
+    if record.size is None:
+        await store.set_size(record.file_id, size)
+    return await store.finish(record.file_id, rt.worker_id, checksum, size)
 
 
 async def _stopped(
@@ -165,7 +191,7 @@ async def _failed(
     retryable = exc.retryable
     if exc.error_class == "checksum" and record.attempts >= 2:
         retryable = False  # a second mismatch is not bad luck on the wire
-    state = await store.fail(
+    state = await report_retry(store.fail)(
         record.file_id,
         rt.worker_id,
         exc.error_class,
