@@ -15,7 +15,9 @@ import contextlib
 import errno
 import os
 import stat as stat_mod
+import weakref
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,37 @@ from workers.stream.manifest import sidecar_path
 
 READ_PIECE_BYTES = 4 * 1024 * 1024
 # pwritev gathers pieces up to this size into one system call per thread hop.
-WRITE_BATCH_BYTES = 8 * 1024 * 1024
+WRITE_BATCH_BYTES = 4 * 1024 * 1024
 _IOV_MAX = 1024
+# Files smaller than this are not preallocated: they are written in one or two
+# system calls, so a full disk shows up at once anyway, and fallocate is one
+# more metadata update per file for nothing.
+PREALLOCATE_MIN_BYTES = 8 * 1024 * 1024
+# Written ranges are handed to the kernel's write-back at once
+# (posix_fadvise DONTNEED starts it and drops the pages once clean), so the
+# fsync before the rename finds little left to write and a big file does not
+# leave gigabytes of dirty page cache behind.
+FADVISE_MIN_BYTES = 1024 * 1024
+
+# Blocking file-system calls (open, pwrite, fdatasync, rename, fsync of a
+# directory) spend their time waiting on the disk, not on a CPU: they get
+# their own pool, large enough that many files committing at once do not queue
+# behind each other (asyncio's default pool has only cpu_count + 4 threads,
+# shared with the hashing).
+IO_THREADS = 64
+_io_pool: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _io_pool
+    if _io_pool is None:
+        _io_pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="transferd-io")
+    return _io_pool
+
+
+async def in_io_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in the blocking-I/O pool."""
+    return await asyncio.get_running_loop().run_in_executor(_pool(), fn, *args)
 
 
 def path_of(url: str) -> Path:
@@ -87,7 +118,7 @@ class FileSource:
 
     async def read(self, info: SourceInfo, offset: int, length: int | None) -> AsyncIterator[bytes]:
         try:
-            fd = await asyncio.to_thread(os.open, self.path, os.O_RDONLY)
+            fd = await in_io_thread(os.open, self.path, os.O_RDONLY)
         except OSError as exc:
             raise _os_error(exc, f"read {self.path}") from exc
         try:
@@ -99,7 +130,7 @@ class FileSource:
             while remaining is None or remaining > 0:
                 want = READ_PIECE_BYTES if remaining is None else min(READ_PIECE_BYTES, remaining)
                 try:
-                    piece = await asyncio.to_thread(os.pread, fd, want, pos)
+                    piece = await in_io_thread(os.pread, fd, want, pos)
                 except OSError as exc:
                     raise _os_error(exc, f"read {self.path}") from exc
                 if not piece:
@@ -144,6 +175,10 @@ class FileSource:
         return None
 
 
+class _DestinationExists(Exception):
+    pass
+
+
 class FileSink:
     """Writes ``<name>.part`` at chunk offsets and renames it into place on commit."""
 
@@ -163,27 +198,42 @@ class FileSink:
         self._ops: set[asyncio.Future[None]] = set()
 
     async def exists(self) -> bool:
-        return await asyncio.to_thread(self.path.exists)
+        return bool(await in_io_thread(self.path.exists))
 
     async def prepare(self, size: int | None, resume_key: str | None) -> None:
-        if not self.overwrite and await self.exists():
-            raise errors.PermanentError(f"destination exists: {self.path}")
         try:
-            self._fd, self.resumed = await asyncio.to_thread(self._open, size, resume_key)
+            self._fd, self.resumed = await in_io_thread(self._open, size, resume_key)
+        except _DestinationExists:
+            raise errors.PermanentError(f"destination exists: {self.path}") from None
         except OSError as exc:
             raise _os_error(exc, f"write {self.part_path}") from exc
         self._size = size
 
     def _open(self, size: int | None, resume_key: str | None) -> tuple[int, bool]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        keep = resume_key is not None and self.part_path.exists()
-        flags = os.O_RDWR | os.O_CREAT | (0 if keep else os.O_TRUNC)
-        fd = os.open(self.part_path, flags, 0o644)
+        # One thread hop: the existence check, the parents and the open.
+        if not self.overwrite and self.path.exists():
+            raise _DestinationExists
+        flags = os.O_RDWR | os.O_CREAT
+        keep = False
+        if resume_key is not None:
+            try:
+                fd = os.open(self.part_path, flags, 0o644)
+                keep = True
+            except FileNotFoundError:
+                fd = -1
+        else:
+            fd = -1
+        if fd < 0:
+            try:
+                fd = os.open(self.part_path, flags | os.O_TRUNC, 0o644)
+            except FileNotFoundError:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.part_path, flags | os.O_TRUNC, 0o644)
         try:
             if size is not None:
-                if os.fstat(fd).st_size > size:
+                if keep and os.fstat(fd).st_size > size:
                     os.ftruncate(fd, size)
-                if size > 0:
+                if size >= PREALLOCATE_MIN_BYTES:
                     self._preallocate(fd, size)
         except BaseException:
             os.close(fd)
@@ -241,7 +291,7 @@ class FileSink:
 
     async def _in_thread(self, fn: Callable[..., None], *args: Any) -> None:
         """Run ``fn`` in a thread; a cancelled caller stops waiting, abort() still waits."""
-        fut = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        fut = asyncio.ensure_future(in_io_thread(fn, *args))
         self._ops.add(fut)
         fut.add_done_callback(self._ops.discard)
         await asyncio.shield(fut)
@@ -251,7 +301,7 @@ class FileSink:
         pos = 0
         while True:
             try:
-                piece = await asyncio.to_thread(os.pread, fd, READ_PIECE_BYTES, pos)
+                piece = await in_io_thread(os.pread, fd, READ_PIECE_BYTES, pos)
             except OSError as exc:
                 raise _os_error(exc, f"read back {self.part_path}") from exc
             if not piece:
@@ -262,28 +312,33 @@ class FileSink:
     async def commit(self) -> None:
         fd = self._require_fd()
         try:
-            await asyncio.to_thread(self._commit, fd)
+            await in_io_thread(self._commit, fd)
         except OSError as exc:
             raise _os_error(exc, f"rename {self.part_path} to {self.path.name}") from exc
         self._fd = None
+        # The rename is durable once its directory is: concurrent commits into
+        # one directory share a directory fsync, each waiting for one that
+        # started after its own rename.
+        await sync_directory(self.path.parent)
 
     def _commit(self, fd: int) -> None:
-        if self._size is not None and os.fstat(fd).st_size != self._size:
-            raise OSError(errno.EIO, f"partial file has {os.fstat(fd).st_size} bytes")
-        os.fsync(fd)
+        st = os.fstat(fd)
+        if self._size is not None and st.st_size != self._size:
+            raise OSError(errno.EIO, f"partial file has {st.st_size} bytes")
+        # The data (and the size) must be on disk before the name points at it.
+        os.fdatasync(fd)
         os.close(fd)
         if not self.overwrite and self.path.exists():
             raise FileExistsError(errno.EEXIST, "destination appeared during the copy")
         os.replace(self.part_path, self.path)
         with contextlib.suppress(FileNotFoundError):
             sidecar_path(self.path).unlink()
-        _fsync_dir(self.path.parent)
 
     async def abort(self, *, keep_partial: bool) -> None:
         fd, self._fd = self._fd, None
         if self._ops:
             await asyncio.gather(*self._ops, return_exceptions=True)
-        await asyncio.to_thread(self._abort, fd, keep_partial)
+        await in_io_thread(self._abort, fd, keep_partial)
 
     def _abort(self, fd: int | None, keep_partial: bool) -> None:
         if fd is not None:
@@ -295,6 +350,62 @@ class FileSink:
         for p in (self.part_path, side, side.with_name(side.name + ".tmp")):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+
+
+class _DirSync:
+    """Group commit of one directory's fsync: waiters join the next round."""
+
+    def __init__(self) -> None:
+        self.next: asyncio.Future[None] | None = None
+        self.running = False
+        self.task: asyncio.Task[None] | None = None
+
+
+_dir_syncs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _DirSync]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def sync_directory(directory: Path) -> None:
+    """Return once an fsync of ``directory`` that started after this call has finished.
+
+    Many files renamed into one directory at about the same time share one
+    fsync instead of paying one each; none returns before its rename is durable.
+    """
+    loop = asyncio.get_running_loop()
+    syncs = _dir_syncs.setdefault(loop, {})
+    key = str(directory)
+    state = syncs.setdefault(key, _DirSync())
+    if state.next is None:
+        state.next = loop.create_future()
+    fut = state.next
+    if not state.running:
+        state.running = True
+        state.task = loop.create_task(_run_dir_syncs(key, state, syncs))
+    await asyncio.shield(fut)
+
+
+async def _run_dir_syncs(key: str, state: _DirSync, syncs: dict[str, _DirSync]) -> None:
+    try:
+        while state.next is not None:
+            fut, state.next = state.next, None
+            try:
+                await in_io_thread(_fsync_dir, Path(key))
+            except BaseException as exc:
+                # Cancelled (the loop is closing): nobody may wait forever.
+                for waiting in (fut, state.next):
+                    if waiting is not None and not waiting.done():
+                        waiting.set_exception(
+                            errors.RetryableError(f"fsync of {key} did not finish ({exc!r})")
+                        )
+                state.next = None
+                raise
+            if not fut.done():
+                fut.set_result(None)
+    finally:
+        state.running = False
+        if syncs.get(key) is state:
+            del syncs[key]
 
 
 def _pwritev_all(fd: int, batch: list[bytes], offset: int) -> None:
