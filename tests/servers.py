@@ -381,6 +381,11 @@ class FaultProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def open_sockets(self) -> int:
+        """Client and upstream sockets still open (0: every connection has ended)."""
+        return len(self._writers)
+
     def set(self, **knobs: Any) -> None:
         for name, value in knobs.items():
             if not hasattr(self.knobs, name):

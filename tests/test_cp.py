@@ -141,3 +141,19 @@ def test_kill_9_then_rerun_resumes(tmp_path: Path, nginx_server: NginxServer,
     gets = [e for e in nginx_server.log_entries() if e.method == "GET"]
     assert sum(e.body_bytes_sent for e in gets) == size - done * MiB
     assert not side.exists() and not dst.with_name("big.tar.part").exists()
+
+
+def test_http_folder_copy_sends_one_get_per_small_file(tmp_path: Path,
+                                                        nginx_server: NginxServer) -> None:
+    files = {f"f{i}.bin": os.urandom(100_000 + i) for i in range(5)}
+    for name, data in files.items():
+        (nginx_server.root / "run" / name).parent.mkdir(parents=True, exist_ok=True)
+        (nginx_server.root / "run" / name).write_bytes(data)
+    proc = cp(f"{nginx_server.url}/run/", str(tmp_path / "copy") + "/")
+    assert proc.returncode == 0, proc.stderr
+    for name, data in files.items():
+        assert (tmp_path / "copy" / name).read_bytes() == data
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == sorted(files)
+    methods = sorted(e.method for e in nginx_server.wait_for_log(1 + len(files)))
+    # the listing gave every size: no HEAD, one GET per file
+    assert methods == ["GET"] * len(files) + ["PROPFIND"]

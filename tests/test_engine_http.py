@@ -358,20 +358,22 @@ async def test_twenty_files_at_once_through_one_session(
 # ---------------------------------------------------------------- disk full
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path | None]:
-    """A 4 MiB tmpfs, or None where mounting is not permitted (use RLIMIT_FSIZE then)."""
+@pytest.fixture(params=["tmpfs", "rlimit"])
+def small_disk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path | None]:
+    """A 4 MiB tmpfs; None for the RLIMIT_FSIZE variant, which is also the fallback
+    where mounting is not permitted."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-                             capture_output=True).returncode == 0
+    mounted = request.param == "tmpfs" and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True,
+    ).returncode == 0
     yield mnt if mounted else None
     if mounted:
         subprocess.run(["umount", str(mnt)], check=True)
 
 
 DISK_FULL_SCRIPT = """
-import asyncio, resource, sys
+import asyncio, resource, signal, sys
 from transferd import errors
 from workers.stream.engine import copy_file
 from workers.stream.http import HttpSource, new_session
@@ -387,6 +389,7 @@ async def main():
             print(type(exc).__name__)
             print(exc.reason)
 
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
 asyncio.run(main())
 """

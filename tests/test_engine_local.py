@@ -296,3 +296,53 @@ def test_disk_full_is_a_clear_permanent_error(tmp_path: Path) -> None:
     assert error_class == "disk_full"
     assert reason.startswith("no space left")
     assert not (tmp_path / "dst").exists()
+
+
+class CountingStore(SidecarManifestStore):
+    """A sidecar store that counts how often it is used."""
+
+    calls = 0
+
+    async def load(self) -> Manifest | None:
+        type(self).calls += 1
+        return await super().load()
+
+    async def reset(self, header: ManifestHeader) -> None:
+        type(self).calls += 1
+        await super().reset(header)
+
+    async def record(self, index: int, chunk: ChunkRecord) -> None:
+        type(self).calls += 1
+        await super().record(index, chunk)
+
+
+async def test_one_chunk_file_needs_no_manifest(tmp_path: Path) -> None:
+    data = make_file(tmp_path / "src", 3 * MiB)
+    dst = tmp_path / "dst"
+    CountingStore.calls = 0
+    result = await copy_file(FileSource(url_of(tmp_path / "src")), FileSink(url_of(dst)),
+                             manifest=CountingStore(sidecar_path(dst)))
+    assert result.checksum == adler(data) and dst.read_bytes() == data
+    assert CountingStore.calls == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]
+    # A file of several chunks keeps its resume manifest.
+    make_file(tmp_path / "src2", 3 * MiB)
+    await copy_file(FileSource(url_of(tmp_path / "src2")), FileSink(url_of(tmp_path / "dst2")),
+                    manifest=CountingStore(sidecar_path(tmp_path / "dst2")), policy=SMALL_CHUNKS)
+    assert CountingStore.calls == 1 + 1 + 3  # load, reset, one record per chunk
+
+
+async def test_many_commits_into_one_directory(tmp_path: Path) -> None:
+    # Concurrent commits share directory fsyncs; each file still lands whole.
+    blobs = {f"f{i}": os.urandom(1000 + i) for i in range(40)}
+    for name, data in blobs.items():
+        (tmp_path / f"{name}.src").write_bytes(data)
+    (tmp_path / "out").mkdir()
+    results = await asyncio.gather(*(
+        copy_file(FileSource(url_of(tmp_path / f"{name}.src")),
+                  FileSink(url_of(tmp_path / "out" / name)))
+        for name in blobs))
+    assert [r.checksum for r in results] == [adler(d) for d in blobs.values()]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(blobs)
+    for name, data in blobs.items():
+        assert (tmp_path / "out" / name).read_bytes() == data

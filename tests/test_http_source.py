@@ -15,7 +15,14 @@ import pytest
 
 from tests.peers import HttpPeer
 from tests.servers import FaultProxy, NginxServer, RcloneWebdav, WsgidavServer
-from transferd.errors import AuthError, NotFound, PermanentError, RetryableError, SourceChanged
+from transferd.errors import (
+    AuthError,
+    ChecksumMismatch,
+    NotFound,
+    PermanentError,
+    RetryableError,
+    SourceChanged,
+)
 from workers.stream.base import SourceInfo
 from workers.stream.http import MIN_PIECE_BYTES, HttpSource, new_session
 
@@ -352,3 +359,54 @@ async def test_refused_connection_is_retryable(session: aiohttp.ClientSession) -
 async def test_unsupported_scheme(session: aiohttp.ClientSession) -> None:
     with pytest.raises(PermanentError):
         HttpSource("ftp://127.0.0.1/x", session)
+
+
+async def test_listed_file_is_copied_with_one_get_and_its_digests(
+        http_server: HttpPeer, session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    # What a folder listing gives (size and Last-Modified, no checksums, no
+    # Accept-Ranges): a one-chunk file needs no HEAD; the GET asks for the
+    # server's digests and the copy is verified against them.
+    from workers.stream.engine import copy_file
+    from workers.stream.local import FileSink, url_of
+
+    data = os.urandom(300_000)
+    http_server.files["l"] = data
+    listed = SourceInfo(url=http_server.url + "/f/l", size=len(data),
+                        last_modified=http_server.last_modified("l"))
+    result = await copy_file(HttpSource(http_server.url + "/f/l", session),
+                             FileSink(url_of(tmp_path / "l")), info=listed, verify="source")
+    assert (tmp_path / "l").read_bytes() == data
+    assert result.checksum == f"adler32:{zlib.adler32(data):08x}"
+    assert [r.method for r in http_server.requests] == ["GET"]
+    assert "Want-Digest" in http_server.requests[0].headers
+
+    # A digest the GET declares that the bytes do not match fails the copy.
+    honest = http_server._headers
+
+    def lying(name: str, req: object, ranges: bool) -> dict[str, str]:
+        h = honest(name, req, ranges)  # type: ignore[arg-type]
+        if "Digest" in h:
+            h["Digest"] = f"ADLER32={(zlib.adler32(data) ^ 1):08x}"
+            h.pop("Repr-Digest", None)
+        return h
+
+    http_server._headers = lying  # type: ignore[method-assign]
+    with pytest.raises(ChecksumMismatch):
+        await copy_file(HttpSource(http_server.url + "/f/l", session),
+                        FileSink(url_of(tmp_path / "m")), info=listed, verify="source")
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m.part").exists()
+
+
+async def test_listed_file_that_changed_since_the_listing_is_refused(
+        http_server: HttpPeer, session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    from workers.stream.engine import copy_file
+    from workers.stream.local import FileSink, url_of
+
+    http_server.files["c"] = b"a" * 1000
+    listed = SourceInfo(url=http_server.url + "/f/c", size=1000,
+                        last_modified=http_server.last_modified("c"))
+    http_server.files["c"] = b"b" * 1000  # same size, newer Last-Modified
+    with pytest.raises(SourceChanged):
+        await copy_file(HttpSource(http_server.url + "/f/c", session),
+                        FileSink(url_of(tmp_path / "c")), info=listed)
+    assert not (tmp_path / "c").exists()

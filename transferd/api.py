@@ -229,7 +229,14 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document())
+    """The document for the routes this node really mounts (OCM and dashboard are optional)."""
+    from transferd.dashboard import OVERVIEW_KEY
+    from transferd.ocm.server import OCM_KEY
+
+    app = request.app
+    return web.json_response(
+        openapi_document(ocm=OCM_KEY in app, dashboard=OVERVIEW_KEY in app)
+    )
 
 
 async def submit_job(request: web.Request) -> web.Response:

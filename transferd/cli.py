@@ -508,6 +508,12 @@ def watch(client: Client, job_id: str, *, interval_s: float = 0.5, out: TextIO) 
     return EXIT_OK if job.get("state") == "FINISHED" else EXIT_JOB_FAILED
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    from transferd.top import run_top
+
+    return run_top(_client(args), interval_s=args.interval, once=args.once)
+
+
 def cmd_cp_unavailable(args: argparse.Namespace) -> int:
     raise UsageError("cp is not available: the streaming mover (workers.stream.cp) is missing")
 
@@ -649,6 +655,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", metavar="JOB")
     p.add_argument("--state", choices=FILE_STATES)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    from transferd.ocm.cli import add_commands
+
+    add_commands(sub, node, formatter)
+
+    p = add("top", cmd_top, "live overview in the terminal: queues, transfers, failures",
+            epilog="example:\n  transferd top --interval 2\n  transferd top --once   # one frame")
+    p.add_argument("--interval", type=float, default=2.0, metavar="SECONDS")
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
 
     cp = _cp_module()
     if cp is None:

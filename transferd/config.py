@@ -35,6 +35,23 @@ File layout (every key optional)::
     [oidc.issuers.roles]             # scope or group → role; the highest role wins
     "transferd.admin" = "admin"
     "transferd.operator" = "operator"
+
+    [ocm]                            # Open Cloud Mesh (transferd/ocm); absent: OCM off
+    provider = "transferd"           # our provider name in discovery
+    public_url = "https://transferd.example.org"  # absent: the node's public/listen URL
+    directory_file = "/etc/transferd/mesh.json"   # trusted providers (CS3 list or OCM directory)
+    directory_url = "https://mesh.example.org/providers"
+    directory_refresh_s = 300
+    trusted_providers = ["cernbox.cern.ch"]       # trusted in addition to the directory
+    criteria = ["must-use-http-sig"] # also "must-exchange-token" for the shares we send
+    key_file = "/etc/transferd/ocm-ed25519.pem"   # absent: generated under state_dir
+    allow_http = false               # discover peers over plain http (labs, loopback tests)
+    token_ttl_s = 300                # lifetime of the tokens our tokenEndPoint issues
+    signature_skew_s = 300           # how old (or new) a signature's `created` may be
+    [ocm.recipients.bob]             # OCM user "bob" here receives into tenant lofar
+    tenant = "lofar"
+    root = "/data/incoming/bob"
+    auto_accept = false              # true: shares start without an accept (pipelines)
 """
 
 from __future__ import annotations
@@ -55,6 +72,8 @@ __all__ = [
     "TENANT_NAME_RE",
     "ConfigError",
     "NodeConfig",
+    "OcmConfig",
+    "OcmRecipient",
     "OidcIssuer",
     "TenantConfig",
     "default_state_dir",
@@ -97,6 +116,36 @@ class OidcIssuer:
     jwks_ttl_s: float = 300.0  # how long fetched keys are trusted before a refetch
 
 
+@dataclass(frozen=True)
+class OcmRecipient:
+    """A local OCM user: the tenant its shares run under and where they land."""
+
+    tenant: str
+    root: Path
+    auto_accept: bool = False
+
+
+OCM_CRITERIA = ("must-use-http-sig", "must-exchange-token")
+
+
+@dataclass(frozen=True)
+class OcmConfig:
+    """The ``[ocm]`` section: who we are in the mesh and whom we trust."""
+
+    provider: str = "transferd"
+    public_url: str | None = None  # None: the node's public_url, else its listen URL
+    directory_file: Path | None = None
+    directory_url: str | None = None
+    directory_refresh_s: float = 300.0
+    trusted_providers: list[str] = field(default_factory=list)  # host[:port]
+    criteria: list[str] = field(default_factory=list)
+    key_file: Path | None = None  # None: {state_dir}/ocm-ed25519.pem, generated once
+    allow_http: bool = False
+    token_ttl_s: float = 300.0
+    signature_skew_s: float = 300.0
+    recipients: dict[str, OcmRecipient] = field(default_factory=dict)
+
+
 def default_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "transferd"
@@ -118,6 +167,7 @@ class NodeConfig:
     oidc_issuers: list[OidcIssuer] = field(default_factory=list)
     default_link_limit: int = 8
     link_limits: dict[str, int] = field(default_factory=dict)
+    ocm: OcmConfig | None = None  # None: no [ocm] section, OCM routes are not mounted
 
     def roots_for(self, tenant: str) -> list[Path]:
         """The directories ``tenant`` may name in file:// URLs (its own plus the global ones)."""
@@ -138,7 +188,7 @@ class NodeConfig:
 
 _TOP_KEYS = {
     "host", "port", "state_dir", "redis_url", "workers", "public_url", "allow_roots",
-    "confine_file_sources", "links", "tenants", "oidc",
+    "confine_file_sources", "links", "tenants", "oidc", "ocm",
 }
 _OVERRIDE_KEYS = {"host", "port", "state_dir", "redis_url", "workers", "public_url", "allow_roots"}
 _ISSUER_KEYS = {
@@ -235,12 +285,93 @@ def parse_config(data: Mapping[str, Any]) -> NodeConfig:
             raise ConfigError(f"config: oidc.issuers[{i}].issuer: {iss.issuer} is listed twice")
         seen.add(iss.issuer)
 
+    ocm = _ocm(data["ocm"]) if "ocm" in data else None
     return NodeConfig(
         host=host, port=port, state_dir=state_dir, redis_url=redis_url, workers=workers,
         public_url=public_url, tenants=tenants, allow_roots=allow_roots,
         confine_file_sources=confine, oidc_issuers=issuers,
-        default_link_limit=default_limit, link_limits=link_limits,
+        default_link_limit=default_limit, link_limits=link_limits, ocm=ocm,
     )
+
+
+_OCM_KEYS = {
+    "provider", "public_url", "directory_file", "directory_url", "directory_refresh_s",
+    "trusted_providers", "criteria", "key_file", "allow_http", "token_ttl_s",
+    "signature_skew_s", "recipients",
+}
+
+
+def _ocm(raw: Any) -> OcmConfig:
+    table = _table(raw, "ocm")
+    _no_unknown(table, _OCM_KEYS, "ocm.")
+    provider = _str(table, "provider", "ocm.provider", "transferd")
+    if not provider:
+        raise ConfigError("config: ocm.provider: must not be empty")
+    public_url = _opt_str(table, "public_url", "ocm.public_url")
+    if public_url is not None:
+        _http_url(public_url, "ocm.public_url")
+    directory_url = _opt_str(table, "directory_url", "ocm.directory_url")
+    if directory_url is not None:
+        _http_url(directory_url, "ocm.directory_url")
+    directory_file = _opt_path(table, "directory_file", "ocm.directory_file")
+    key_file = _opt_path(table, "key_file", "ocm.key_file")
+    trusted = _str_list(table, "trusted_providers", "ocm.trusted_providers")
+    for i, host in enumerate(trusted):
+        if "/" in host or "@" in host or not host:
+            raise ConfigError(f"config: ocm.trusted_providers[{i}]: expected host[:port]")
+    criteria = _str_list(table, "criteria", "ocm.criteria")
+    for i, word in enumerate(criteria):
+        if word not in OCM_CRITERIA:
+            raise ConfigError(
+                f"config: ocm.criteria[{i}]: {word!r} is not one of {', '.join(OCM_CRITERIA)}"
+            )
+    recipients: dict[str, OcmRecipient] = {}
+    for user, entry in _table(table.get("recipients", {}), "ocm.recipients").items():
+        where = f"ocm.recipients.{user}"
+        if not user or "@" in user or "/" in user:
+            raise ConfigError(f"config: {where}: a user name has no '@' or '/'")
+        item = _table(entry, where)
+        _no_unknown(item, {"tenant", "root", "auto_accept"}, where + ".")
+        tenant = _str(item, "tenant", where + ".tenant", "")
+        if not TENANT_NAME_RE.match(tenant):
+            raise ConfigError(f"config: {where}.tenant: a tenant name is 1-64 of A-Z a-z 0-9 . _ -")
+        if "root" not in item:
+            raise ConfigError(f"config: {where}.root: required")
+        root = _roots([item["root"]], where + ".root")[0]
+        recipients[user] = OcmRecipient(
+            tenant=tenant, root=root,
+            auto_accept=_bool(item, "auto_accept", where + ".auto_accept", False),
+        )
+    return OcmConfig(
+        provider=provider, public_url=public_url, directory_file=directory_file,
+        directory_url=directory_url,
+        directory_refresh_s=_float(
+            table, "directory_refresh_s", "ocm.directory_refresh_s", 300.0, 0.1, 86_400.0
+        ),
+        trusted_providers=trusted, criteria=criteria, key_file=key_file,
+        allow_http=_bool(table, "allow_http", "ocm.allow_http", False),
+        token_ttl_s=_float(table, "token_ttl_s", "ocm.token_ttl_s", 300.0, 1.0, 86_400.0),
+        signature_skew_s=_float(
+            table, "signature_skew_s", "ocm.signature_skew_s", 300.0, 1.0, 86_400.0
+        ),
+        recipients=recipients,
+    )
+
+
+def _opt_path(table: Mapping[str, Any], key: str, where: str) -> Path | None:
+    raw = _opt_str(table, key, where)
+    if raw is None:
+        return None
+    if "\x00" in raw:
+        raise ConfigError(f"config: {where}: contains a NUL byte")
+    return Path(raw).expanduser().absolute()
+
+
+def _str_list(table: Mapping[str, Any], key: str, where: str) -> list[str]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"config: {where}: expected a list of strings")
+    return list(value)
 
 
 def _issuer(raw: Any, where: str) -> OidcIssuer:

@@ -21,7 +21,9 @@ from aiohttp import web
 from transferd.api import setup_api
 from transferd.auth import Authenticator
 from transferd.config import NodeConfig
+from transferd.dashboard import setup_dashboard
 from transferd.embedded import EmbeddedRedis
+from transferd.ocm import note_listen_url, setup_ocm
 from transferd.scheduler import Scheduler
 from transferd.store import JobStore
 from workers.broker import make_broker
@@ -39,6 +41,8 @@ def build_app(config: NodeConfig, redis_url: str) -> web.Application:
     store = JobStore(client)
     auth = Authenticator(client, config)
     setup_api(app, store, auth, config)
+    ocm_ctx = setup_ocm(app, config, client, store)
+    setup_dashboard(app, store, auth, config)
 
     async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
         broker = make_broker(redis_url)
@@ -67,6 +71,8 @@ def build_app(config: NodeConfig, redis_url: str) -> web.Application:
         await client.aclose()
 
     app.cleanup_ctx.extend([close_ctx, scheduler_ctx, workers_ctx])
+    if ocm_ctx is not None:
+        app.cleanup_ctx.append(ocm_ctx)
     return app
 
 
@@ -85,6 +91,7 @@ async def serve(config: NodeConfig) -> None:
         site = web.TCPSite(runner, config.host, config.port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        note_listen_url(app, f"http://{config.host}:{port}")
         print(f"transferd listening on http://{config.host}:{port}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

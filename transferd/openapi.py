@@ -300,6 +300,79 @@ _PATHS: dict[str, Any] = {
     },
 }
 
+# OCM (transferd/ocm): received datatx shares and their CS3 TxInfo view; mounted only
+# when the node has an [ocm] section, so documented only on request (openapi_document(ocm=True))
+_OCM_PATHS: dict[str, Any] = {
+    "/shares": {
+        "get": {
+            "summary": "Received OCM shares of the caller's tenant", "operationId": "listShares",
+            "parameters": [{"name": "state", "in": "query", "schema": {
+                "enum": ["pending", "accepted", "declined", "unshared"]}}],
+            "responses": {"200": _json("The shares (never their secrets).", {
+                "type": "object", "properties": {"shares": {"type": "array",
+                                                             "items": _ref("Share")}}}),
+                **_ERRORS},
+        },
+    },
+    **{
+        f"/shares/{{share_id}}/{action}": {
+            "parameters": [{"name": "share_id", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "post": {
+                "summary": f"{action.capitalize()} a share (tells the sender SHARE_"
+                           f"{action.upper()}ED)",
+                "operationId": f"{action}Share",
+                "responses": {"200": _json("The share after it.", _ref("Share")), **_ERRORS,
+                              "404": _NOT_FOUND, "409": _problem("The share has ended.")},
+            },
+        }
+        for action in ("accept", "decline")
+    },
+    "/transfers": {
+        "get": {
+            "summary": "CS3 TxInfo of share transfers", "operationId": "listTransfers",
+            "parameters": [{"name": "share_id", "in": "query", "schema": {"type": "string"}}],
+            "responses": {"200": _json("TxInfo list.", {
+                "type": "object", "properties": {"transfers": {"type": "array",
+                                                                "items": _ref("TxInfo")}}}),
+                **_ERRORS},
+        },
+    },
+    "/transfers/{tx_id}": {
+        "parameters": [{"name": "tx_id", "in": "path", "required": True,
+                        "schema": {"type": "string"}}],
+        "get": {
+            "summary": "CS3 TxInfo of one transfer (a job id)", "operationId": "getTransfer",
+            "responses": {"200": _json("TxInfo.", _ref("TxInfo")), **_ERRORS,
+                          "404": _NOT_FOUND},
+        },
+    },
+}
+
+_SCHEMAS["Share"] = {
+    "type": "object",
+    "required": ["id", "name", "owner", "sender", "provider", "size", "state", "job_id",
+                 "created_at"],
+    "properties": {
+        "id": {"type": "string"}, "name": {"type": "string"}, "owner": {"type": "string"},
+        "sender": {"type": "string"}, "provider": {"type": "string"},
+        "size": {"type": ["integer", "null"]},
+        "state": {"enum": ["pending", "accepted", "declined", "unshared"]},
+        "job_id": {"type": "string"}, "created_at": {"type": "number"},
+        "share_with": {"type": "string"}, "resource_type": {"enum": ["file", "folder"]},
+        "expiration": {"type": ["number", "null"]},
+    },
+}
+_SCHEMAS["TxInfo"] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "object"}, "status": {"type": "string"},
+        "status_code": {"type": "integer"}, "grantee": {"type": "object"},
+        "creator": {"type": "object"}, "ctime": {"type": "object"},
+        "description": {"type": "string"}, "share_id": {"type": "object"},
+    },
+}
+
 _DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -324,6 +397,49 @@ _DOCUMENT: dict[str, Any] = {
 }
 
 
-def openapi_document() -> dict[str, Any]:
-    """A fresh copy of the document (callers may not mutate the shared one)."""
-    return copy.deepcopy(_DOCUMENT)
+# the dashboard's read-only routes (transferd/dashboard.py), mounted by every `transferd serve`
+_DASHBOARD_PATHS: dict[str, Any] = {
+    "/summary": {
+        "get": {
+            "summary": "The dashboard overview (own tenant; operators: all)",
+            "operationId": "getSummary",
+            "description": "Tiles (queued, active, finished and failed files in the last 24 h, "
+            "throughput now), per-minute throughput for the last hour, live jobs, active "
+            "files, failed files grouped by error class and reason, and for operators queues "
+            "per link and per backend (`links`, `backends`; null for other roles).",
+            "responses": {"200": _json("The overview.", {"type": "object", "required": [
+                "tiles", "throughput", "live_jobs", "active_files", "failures"]}), **_ERRORS},
+        },
+    },
+    "/events": {
+        "get": {
+            "summary": "Live events (server-sent events)", "operationId": "streamEvents",
+            "description": "`job` and `file` events ({type, id, job_id, state, ts, "
+            "error_class?}) carry the stream id as the SSE id: reconnect with `Last-Event-ID` "
+            "to miss nothing. `progress` events (no id) list the caller's live jobs every "
+            "second while any are live; a comment every 15 s keeps idle streams open.",
+            "parameters": [
+                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+                {"name": "last_event_id", "in": "query", "schema": {"type": "string"},
+                 "description": "The same, for clients that cannot set headers."},
+            ],
+            "responses": {"200": {"description": "An endless event stream.",
+                                  "content": {"text/event-stream": {"schema": {
+                                      "type": "string"}}}}, **_ERRORS},
+        },
+    },
+}
+
+
+def openapi_document(*, ocm: bool = False, dashboard: bool = False) -> dict[str, Any]:
+    """A fresh copy of the document (callers may not mutate the shared one).
+
+    ``ocm`` adds the OCM share and CS3 transfer routes (nodes with ``[ocm]``);
+    ``dashboard`` the dashboard's summary and event-stream routes.
+    """
+    doc = copy.deepcopy(_DOCUMENT)
+    if ocm:
+        doc["paths"].update(copy.deepcopy(_OCM_PATHS))
+    if dashboard:
+        doc["paths"].update(copy.deepcopy(_DASHBOARD_PATHS))
+    return doc

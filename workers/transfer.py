@@ -24,6 +24,7 @@ from tenacity import (
 
 from transferd.errors import Canceled, TransferError
 from transferd.models import FileRecord
+from transferd.ocm.exchange import share_headers
 from transferd.states import FileState
 from workers.runtime import StopReason, WorkerRuntime
 from workers.stream.base import no_headers
@@ -119,7 +120,9 @@ async def _copy(
 
     sink = None
     try:
-        source = open_source(record.source, session, no_headers)
+        # a job from an OCM share reads with the share's secret or an exchanged token
+        headers = await share_headers(redis, session, record.job_id) or no_headers
+        source = open_source(record.source, session, headers)
         sink = open_sink(
             record.destination, session, no_headers, params.overwrite if params else False
         )

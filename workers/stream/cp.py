@@ -30,7 +30,7 @@ import aiohttp
 from policies.chunking import ChunkPolicy
 from transferd import errors
 from workers.stream import checksums
-from workers.stream.base import Entry, HeaderProvider, Source
+from workers.stream.base import Entry, HeaderProvider, Source, SourceInfo
 from workers.stream.endpoints import open_sink, open_source, scheme_of
 from workers.stream.engine import VERIFY_MODES, CopyResult, copy_file, expand
 from workers.stream.local import path_of, url_of
@@ -41,7 +41,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CANCELED = 130
 
-PARALLEL_FILES = 4
+PARALLEL_FILES = 16
 
 EXAMPLES = """examples:
   transferd cp /data/L123_SB000.tar /scratch/
@@ -182,7 +182,8 @@ class _Runner:
                 text = text.replace(secret, "***")
         print(text, file=sys.stderr if err else sys.stdout, flush=True)
 
-    async def copy_one(self, source: Source, dst_url: str) -> int:
+    async def copy_one(self, source: Source, dst_url: str,
+                       info: SourceInfo | None = None) -> int:
         sink = open_sink(dst_url, self.session, self.headers, self.opts.overwrite)
         manifest = (
             SidecarManifestStore(sidecar_path(path_of(dst_url)))
@@ -192,7 +193,7 @@ class _Runner:
         try:
             result = await copy_file(
                 source, sink, expected_checksum=self.opts.checksum, verify=self.opts.verify,
-                manifest=manifest, policy=self.opts.policy, cancel=self.cancel,
+                manifest=manifest, policy=self.opts.policy, cancel=self.cancel, info=info,
             )
         except errors.Canceled:
             await sink.abort(keep_partial=True)
@@ -245,7 +246,8 @@ class _Runner:
                     return EXIT_CANCELED
                 child_source = self._child(source, entry)
                 try:
-                    return await self.copy_one(child_source, _join(dst_url, entry.relative_path))
+                    return await self.copy_one(child_source, _join(dst_url, entry.relative_path),
+                                               entry.info)
                 finally:
                     if child_source is not source:
                         await child_source.aclose()

@@ -93,6 +93,9 @@ class DavSink:
         self._part = self.target
         self._nc_upload: Target | None = None
         self._assembled = False
+        # True when prepare() found the chunk folder of an earlier attempt with the same
+        # resume key (see base.Sink): only then may the engine skip chunks it lists as done
+        self.resumed = False
 
     # -- Sink protocol
 
@@ -117,6 +120,7 @@ class DavSink:
         if parent is not None:
             await self._ensure_collection(parent)
         self.mode, self.random_access, self.resume_offset = "put", False, 0
+        self.resumed = False
         if not self._chunked_uploads or size is None:
             return
         if await self._open_nc_upload():
@@ -150,9 +154,16 @@ class DavSink:
             await self._send("PUT", self._part, data, extra, size=self._size)
 
     async def read_back(self) -> AsyncIterator[bytes]:
+        if self.mode == "nc" and not self._assembled and self.resumed:
+            # the engine checks reused chunks before the missing ones are written:
+            # read the chunks in place, assembling now would end the upload
+            async for piece in self._nc_read_chunks():
+                yield piece
+            return
         if self.mode == "nc" and not self._assembled:
             await self._nc_assemble()
         src = HttpSource.for_target(self._part, self._client, READ_PIECE_BYTES)
+        src.ask_digests = False  # our own upload: its bytes are what we hash
         async for piece in src.read(SourceInfo(url=self._part.display, size=self._size), 0,
                                     None):
             yield piece
@@ -267,8 +278,23 @@ class DavSink:
         ) as resp:
             if resp.status not in (201, 405):
                 return False
+            self.resumed = resp.status == 405  # the folder of an earlier attempt
         self._nc_upload = upload
         return True
+
+    async def _nc_read_chunks(self) -> AsyncIterator[bytes]:
+        """The uploaded chunks' bytes in order, up to the first missing chunk."""
+        assert self._nc_upload is not None
+        up = self._nc_upload
+        listed = await self._client.propfind(up.http_url, up.display, "1") or []
+        present = {p.path.rstrip("/").rsplit("/", 1)[-1] for p in listed if not p.is_collection}
+        number = 1
+        while f"{number:05d}" in present:
+            chunk = up.join(f"{number:05d}")
+            src = HttpSource.for_target(chunk, self._client, READ_PIECE_BYTES)
+            async for piece in src.read(SourceInfo(url=chunk.display, size=None), 0, None):
+                yield piece
+            number += 1
 
     async def _nc_assemble(self) -> None:
         assert self._nc_upload is not None

@@ -54,7 +54,10 @@ MIB = 1 << 20
 # Pieces handed to the engine: big enough that per-piece costs (hash call,
 # pwrite, task switch) vanish beside the bytes.
 MIN_PIECE_BYTES = 1 * MIB
-READ_PIECE_BYTES = 4 * MIB
+READ_PIECE_BYTES = 1 * MIB
+# aiohttp stops reading a connection once this much (times two) waits unread:
+# the per-connection share of the bounded memory.
+READ_BUFSIZE = 2 * MIB
 LIST_CONCURRENCY = 8
 
 DAV_NS = "DAV:"
@@ -74,7 +77,7 @@ _ALGORITHMS = {"md5": 16, "sha1": 20, "sha256": 32, "sha512": 64,
 _ALIASES = {"sha": "sha1", "adler": "adler32"}
 
 
-def new_session(*, connections: int = 64, read_bufsize: int = READ_PIECE_BYTES,
+def new_session(*, connections: int = 64, read_bufsize: int = READ_BUFSIZE,
                 ) -> aiohttp.ClientSession:
     """The session transfers should share: keep-alive pool, no decompression, big reads."""
     connector = aiohttp.TCPConnector(limit=connections, limit_per_host=connections,
@@ -350,6 +353,10 @@ class HttpSource:
                                   connect_timeout_s=connect_timeout_s,
                                   read_timeout_s=read_timeout_s)
         self._piece_bytes = max(read_piece_bytes, MIN_PIECE_BYTES)
+        # The digests the last whole-file GET's response declared (see read()).
+        self.response_checksums: dict[str, str] = {}
+        # Whether a whole-file GET sends Want-Digest (off once stat()'s HEAD asked).
+        self.ask_digests = True
 
     @classmethod
     def for_target(cls, target: Target, client: HttpClient,
@@ -360,6 +367,8 @@ class HttpSource:
         src.url = target.display
         src._client = client
         src._piece_bytes = max(read_piece_bytes, MIN_PIECE_BYTES)
+        src.response_checksums = {}
+        src.ask_digests = True
         return src
 
     def child(self, relative_path: str) -> HttpSource:
@@ -371,6 +380,7 @@ class HttpSource:
 
     async def stat(self) -> SourceInfo:
         t = self.target
+        self.ask_digests = False  # the HEAD below asks; a GET need not ask again
         if t.is_dav:
             head, props = await asyncio.gather(self._head(), self._propfind_self())
         else:
@@ -399,12 +409,7 @@ class HttpSource:
             if resp.status != 200:
                 return None
             h = resp.headers
-            checksums: dict[str, str] = {}
-            for name in ("OC-Checksum", "Digest", "Repr-Digest"):  # later ones win
-                for value in h.getall(name, []):
-                    parser = parse_checksum_list if name == "OC-Checksum" else \
-                        parse_digest_header
-                    checksums.update(parser(value))
+            checksums = _header_checksums(resp)
             length = h.get("Content-Length")
             chunked = "chunked" in h.get("Transfer-Encoding", "").lower()
             return SourceInfo(
@@ -431,7 +436,14 @@ class HttpSource:
             return
         t = self.target
         ranged = offset > 0 or length is not None
+        whole = offset == 0 and (length is None or (info.size is not None
+                                                    and length >= info.size))
         extra: dict[str, str] = {}
+        if whole and self.ask_digests and not info.checksums:
+            # No HEAD asked yet (the info came from a folder listing): the GET
+            # of the whole file asks for the server's digests instead.
+            extra["Want-Repr-Digest"] = WANT_REPR_DIGEST
+            extra["Want-Digest"] = WANT_DIGEST
         if ranged:
             last = "" if length is None else str(offset + length - 1)
             extra["Range"] = f"bytes={offset}-{last}"
@@ -442,6 +454,9 @@ class HttpSource:
         async with self._client.request("GET", t.http_url, t.display,
                                         expect=(200, 206), headers=extra) as resp:
             skip = self._check_response(resp, info, offset, length, ranged)
+            if whole:
+                self.response_checksums = _header_checksums(resp)
+            _read_larger(resp, self._piece_bytes)
             want = length
             if want is None:
                 total = info.size if info.size is not None else _content_total(resp)
@@ -478,6 +493,9 @@ class HttpSource:
         covers = offset == 0 and (length is None or (info.size is not None
                                                      and length >= info.size))
         if covers:
+            if _modified_since(resp, info):
+                raise SourceChanged(f"{t.display} changed: its Last-Modified differs from the "
+                                    "one planned")
             return 0
         if not info.accepts_ranges and _validators_match(resp, info):
             # the server ignores Range altogether: take our slice of the full body
@@ -490,9 +508,12 @@ class HttpSource:
         got = 0
         parts: list[bytes] = []
         pending = 0
+        content = resp.content
         while want is None or got < want:
+            # readchunk hands over what the socket delivered as it is (no copy);
+            # the pieces are then joined once into ≥ MIN_PIECE_BYTES.
             try:
-                piece = await resp.content.read(self._piece_bytes)
+                piece, _ = await content.readchunk()
             except (aiohttp.ClientPayloadError, aiohttp.ClientError, TimeoutError,
                     OSError) as exc:
                 raise RetryableError(f"GET {t.display} truncated after {got} bytes: "
@@ -510,7 +531,7 @@ class HttpSource:
             got += len(piece)
             parts.append(piece)
             pending += len(piece)
-            if pending >= MIN_PIECE_BYTES:
+            if pending >= self._piece_bytes:
                 yield parts[0] if len(parts) == 1 else b"".join(parts)
                 parts, pending = [], 0
         if parts:
@@ -568,6 +589,45 @@ def _take(target: Target, entries: list[DavProps], root: str, here: str,
             url=target.join(rel).display, size=e.size, etag=e.etag,
             last_modified=e.last_modified, checksums=e.checksums)))
     return subdirs
+
+
+def _read_larger(resp: aiohttp.ClientResponse, size: int) -> None:
+    """Let the connection's transport take up to ``size`` bytes per recv().
+
+    asyncio reads at most 256 KiB per call; when the socket holds more (the
+    mover is busy), one bigger read hands over a piece that needs no joining,
+    so the bytes are copied once less on the event-loop thread.  Transports
+    without the knob (e.g. uvloop's) are left alone.
+    """
+    conn = resp.connection
+    transport = conn.transport if conn is not None else None
+    current = getattr(transport, "max_size", None)
+    if transport is not None and isinstance(current, int) and current < size:
+        transport.max_size = size  # type: ignore[attr-defined]
+
+
+def _header_checksums(resp: aiohttp.ClientResponse) -> dict[str, str]:
+    """The server's digests of the whole file in a response's headers."""
+    h = resp.headers
+    checksums: dict[str, str] = {}
+    for name in ("OC-Checksum", "Digest", "Repr-Digest"):  # later ones win
+        for value in h.getall(name, []):
+            parser = parse_checksum_list if name == "OC-Checksum" else parse_digest_header
+            checksums.update(parser(value))
+    return checksums
+
+
+def _modified_since(resp: aiohttp.ClientResponse, info: SourceInfo) -> bool:
+    """Whether the response's Last-Modified is a different time than the planned one."""
+    lm = resp.headers.get("Last-Modified")
+    if not info.last_modified or not lm or lm == info.last_modified:
+        return False
+    try:
+        a = email.utils.parsedate_to_datetime(lm)
+        b = email.utils.parsedate_to_datetime(info.last_modified)
+    except (TypeError, ValueError):
+        return False  # a format we cannot read proves nothing
+    return a != b
 
 
 def _content_total(resp: aiohttp.ClientResponse) -> int | None:

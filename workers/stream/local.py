@@ -29,7 +29,7 @@ from workers.stream.manifest import sidecar_path
 
 READ_PIECE_BYTES = 4 * 1024 * 1024
 # pwritev gathers pieces up to this size into one system call per thread hop.
-WRITE_BATCH_BYTES = 4 * 1024 * 1024
+WRITE_BATCH_BYTES = 2 * 1024 * 1024
 _IOV_MAX = 1024
 # Files smaller than this are not preallocated: they are written in one or two
 # system calls, so a full disk shows up at once anyway, and fallocate is one
@@ -40,6 +40,9 @@ PREALLOCATE_MIN_BYTES = 8 * 1024 * 1024
 # fsync before the rename finds little left to write and a big file does not
 # leave gigabytes of dirty page cache behind.
 FADVISE_MIN_BYTES = 1024 * 1024
+
+# Called with each batch of pieces in the write thread, before it is written.
+BatchHook = Callable[[list[bytes]], None]
 
 # Blocking file-system calls (open, pwrite, fdatasync, rename, fsync of a
 # directory) spend their time waiting on the disk, not on a CPU: they get
@@ -183,6 +186,8 @@ class FileSink:
     """Writes ``<name>.part`` at chunk offsets and renames it into place on commit."""
 
     random_access = True
+    # write_chunk/write_stream take ``before_write`` (see the engine).
+    hashes_while_writing = True
 
     def __init__(self, url: str, *, overwrite: bool = False) -> None:
         self.url = url
@@ -213,22 +218,19 @@ class FileSink:
         # One thread hop: the existence check, the parents and the open.
         if not self.overwrite and self.path.exists():
             raise _DestinationExists
-        flags = os.O_RDWR | os.O_CREAT
-        keep = False
+        fd = -1
         if resume_key is not None:
+            # An earlier attempt's .part is kept for the engine to resume from.
+            with contextlib.suppress(FileNotFoundError):
+                fd = os.open(self.part_path, os.O_RDWR)
+        keep = fd >= 0
+        if not keep:
+            flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC
             try:
                 fd = os.open(self.part_path, flags, 0o644)
-                keep = True
-            except FileNotFoundError:
-                fd = -1
-        else:
-            fd = -1
-        if fd < 0:
-            try:
-                fd = os.open(self.part_path, flags | os.O_TRUNC, 0o644)
             except FileNotFoundError:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.part_path, flags | os.O_TRUNC, 0o644)
+                fd = os.open(self.part_path, flags, 0o644)
         try:
             if size is not None:
                 if keep and os.fstat(fd).st_size > size:
@@ -256,36 +258,48 @@ class FileSink:
             raise RuntimeError("FileSink used before prepare()")
         return self._fd
 
-    async def write_chunk(self, index: int, offset: int, data: AsyncIterator[bytes]) -> None:
+    async def write_chunk(self, index: int, offset: int, data: AsyncIterator[bytes], *,
+                          before_write: BatchHook | None = None) -> None:
+        """Write one chunk at ``offset``; ``before_write(batch)`` (e.g. the
+        engine's hashers) runs in the same thread call as each batch's pwritev."""
         # No fdatasync per chunk: on ext4 it makes later writes into the
         # preallocated extents several times slower.  A chunk a crash lost is
         # caught on resume instead, where the engine re-checks each reused
         # chunk's crc32c against the .part before trusting it.
-        await self._write_from(offset, data)
+        await self._write_from(offset, data, before_write)
 
-    async def write_stream(self, data: AsyncIterator[bytes]) -> None:
-        await self._write_from(0, data)
+    async def write_stream(self, data: AsyncIterator[bytes], *,
+                           before_write: BatchHook | None = None) -> None:
+        await self._write_from(0, data, before_write)
 
-    async def _write_from(self, offset: int, data: AsyncIterator[bytes]) -> None:
+    async def _write_from(self, offset: int, data: AsyncIterator[bytes],
+                          before_write: BatchHook | None = None) -> None:
         fd = self._require_fd()
         batch: list[bytes] = []
         batch_bytes = 0
         pos = offset
+        # Big files hand each written range to write-back at once (see
+        # FADVISE_MIN_BYTES); small ones are fdatasync'ed a moment later anyway.
+        advise = self._size is None or self._size >= PREALLOCATE_MIN_BYTES
+        last = (offset, 0)
         async for piece in data:
             if not piece:
                 continue
             batch.append(piece)
             batch_bytes += len(piece)
             if batch_bytes >= WRITE_BATCH_BYTES or len(batch) >= _IOV_MAX:
-                await self._pwritev(fd, batch, pos)
+                await self._pwritev(fd, batch, pos, last if advise else None, before_write)
+                last = (pos, batch_bytes)
                 pos += batch_bytes
                 batch, batch_bytes = [], 0
         if batch:
-            await self._pwritev(fd, batch, pos)
+            await self._pwritev(fd, batch, pos, last if advise else None, before_write)
 
-    async def _pwritev(self, fd: int, batch: list[bytes], offset: int) -> None:
+    async def _pwritev(self, fd: int, batch: list[bytes], offset: int,
+                       previous: tuple[int, int] | None,
+                       before_write: BatchHook | None = None) -> None:
         try:
-            await self._in_thread(_pwritev_all, fd, batch, offset)
+            await self._in_thread(_pwritev_all, fd, batch, offset, previous, before_write)
         except OSError as exc:
             raise _os_error(exc, f"write {self.part_path}") from exc
 
@@ -408,8 +422,28 @@ async def _run_dir_syncs(key: str, state: _DirSync, syncs: dict[str, _DirSync]) 
             del syncs[key]
 
 
-def _pwritev_all(fd: int, batch: list[bytes], offset: int) -> None:
-    """pwritev every byte of ``batch`` at ``offset`` (short writes are retried)."""
+def _pwritev_all(fd: int, batch: list[bytes], offset: int,
+                 previous: tuple[int, int] | None = None,
+                 before_write: BatchHook | None = None) -> None:
+    """pwritev every byte of ``batch`` at ``offset`` (short writes are retried).
+
+    With ``previous`` (the range the last call wrote), start write-back of this
+    range and let the kernel drop the previous one's pages once they are clean:
+    the fsync before the rename then finds little left to do, and a big file
+    does not fill the page cache with gigabytes of dirty pages.
+    """
+    if before_write is not None:
+        before_write(batch)
+    start, total = offset, sum(len(b) for b in batch)
+    _pwritev(fd, batch, offset)
+    if previous is not None and total >= FADVISE_MIN_BYTES:
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, start, total, os.POSIX_FADV_DONTNEED)
+            if previous[1]:
+                os.posix_fadvise(fd, previous[0], previous[1], os.POSIX_FADV_DONTNEED)
+
+
+def _pwritev(fd: int, batch: list[bytes], offset: int) -> None:
     views = [memoryview(b) for b in batch]
     while views:
         written = os.pwritev(fd, views, offset)
