@@ -102,3 +102,59 @@ def plan(
         )
     streams = min(policy.max_streams, len(chunks))
     return ChunkPlan(chunk, streams, chunks, f"{why}, {len(chunks)} chunk(s), {streams} stream(s)")
+
+
+@dataclass(frozen=True)
+class ChunkSettings:
+    """The ``[chunking]`` table: the base policy and the bounds :func:`tune` keeps to."""
+
+    chunk_size_bytes: int = 64 * MiB
+    min_chunk_bytes: int = 8 * MiB
+    max_chunk_bytes: int = 512 * MiB
+    max_streams: int = 4
+    max_chunks: int = 10_000
+    target_chunk_s: float = 4.0
+
+
+@dataclass(frozen=True)
+class LinkStats:
+    """What the worker knows of a link from Redis: throughput EMA, round-trip time, actives."""
+
+    throughput_bps: float | None = None
+    rtt_s: float | None = None
+    active: int = 0
+
+
+def tune(size: int | None, link: LinkStats, settings: ChunkSettings) -> tuple[ChunkPolicy, str]:
+    """The chunk policy for one file from its size and its link's recent history.
+
+    Unknown link: the base settings.  Known throughput: a stream's share of the
+    link (throughput / active files) sets the chunk size so one chunk takes
+    about ``target_chunk_s`` (bounded by min/max chunk).  A long round trip
+    (bandwidth-delay product larger than what one stream keeps in flight,
+    taken as 4 MiB) asks for more streams, a short one for fewer; a file never
+    gets more streams than chunks.
+    """
+    base = ChunkPolicy(
+        chunk_size_bytes=settings.chunk_size_bytes, max_streams=settings.max_streams,
+        min_chunk_bytes=settings.min_chunk_bytes, max_chunks=settings.max_chunks,
+    )
+    if link.throughput_bps is None or link.throughput_bps <= 0:
+        return base, "link unknown: base chunking"
+    per_stream_bps = link.throughput_bps / max(1, link.active)
+    chunk = int(per_stream_bps * settings.target_chunk_s)
+    chunk = max(settings.min_chunk_bytes, min(settings.max_chunk_bytes, chunk))
+    streams = settings.max_streams
+    why = f"{chunk} byte chunks for {per_stream_bps:.0f} B/s per stream"
+    if link.rtt_s is not None:
+        bdp_bytes = link.throughput_bps * link.rtt_s
+        in_flight_per_stream = 4 * MiB
+        streams = max(1, min(settings.max_streams * 2, -(-int(bdp_bytes) // in_flight_per_stream)))
+        why += f", rtt {link.rtt_s * 1000:.0f} ms: {streams} stream(s)"
+    if size is not None and size > 0:
+        streams = max(1, min(streams, -(-size // chunk)))
+    policy = ChunkPolicy(
+        chunk_size_bytes=chunk, max_streams=streams,
+        min_chunk_bytes=settings.min_chunk_bytes, max_chunks=settings.max_chunks,
+    )
+    return policy, why

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 MAX_DELAY_S = 3600.0
@@ -59,3 +60,9 @@ def decide(
         )
     delay = backoff_s(attempts, retry_delay_s, retry_after_s=retry_after_s, jitter=jitter)
     return RetryDecision(True, delay, f"attempt {attempts} failed: retry in {delay:.1f} s")
+
+
+def retryable(error_class: str, default: bool, classes: Mapping[str, bool]) -> bool:
+    """Whether a failure of ``error_class`` may be retried: the policy's
+    ``[retry.classes]`` entry when it names the class, else the error's own ``default``."""
+    return classes.get(error_class, default)

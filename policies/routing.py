@@ -6,7 +6,10 @@ scheduler limits concurrency per ``link_of``.
 
 from __future__ import annotations
 
+import fnmatch
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 BACKENDS = frozenset({"stream", "rclone", "fts", "rucio"})
 STREAM_SCHEMES = frozenset({"http", "https", "dav", "davs", "file"})
@@ -34,8 +37,41 @@ def _scheme(url: str) -> str:
     return _split(url)[0]
 
 
-def route(source: str, destination: str, backend_param: str | None = None) -> str:
-    """The backend for one copy: an explicit choice wins, else the URL schemes decide.
+@dataclass(frozen=True)
+class RouteRule:
+    """A policy rule: every condition given must match (either side's scheme or host)."""
+
+    backend: str
+    schemes: frozenset[str] = frozenset()  # empty: any
+    hosts: tuple[str, ...] = ()  # shell patterns (fnmatch), lowercase; empty: any
+    min_size_bytes: int | None = None
+    max_size_bytes: int | None = None
+
+    def matches(self, source: str, destination: str, size: int | None) -> bool:
+        (s_scheme, s_host), (d_scheme, d_host) = _split(source), _split(destination)
+        if self.schemes and not {s_scheme, d_scheme} & self.schemes:
+            return False
+        if self.hosts and not any(
+            fnmatch.fnmatchcase(h, pattern) for h in (s_host, d_host) for pattern in self.hosts
+        ):
+            return False
+        if self.min_size_bytes is not None and (size is None or size < self.min_size_bytes):
+            return False
+        return not (
+            self.max_size_bytes is not None and (size is None or size > self.max_size_bytes)
+        )
+
+
+def route(
+    source: str,
+    destination: str,
+    backend_param: str | None = None,
+    *,
+    size: int | None = None,
+    rules: Sequence[RouteRule] = (),
+) -> str:
+    """The backend for one copy: an explicit choice wins, then the first matching
+    policy rule, else the URL schemes decide.
 
     ``rucio://`` on either side → rucio; ``rclone://`` → rclone; both sides
     http(s)/dav(s)/file → stream.  Anything else is a ValueError naming the URLs,
@@ -47,6 +83,9 @@ def route(source: str, destination: str, backend_param: str | None = None) -> st
                 f"unknown backend {backend_param!r}; expected one of {sorted(BACKENDS)} or 'auto'"
             )
         return backend_param
+    for rule in rules:
+        if rule.matches(source, destination, size):
+            return rule.backend
     schemes = {_scheme(source), _scheme(destination)}
     if "rucio" in schemes:
         return "rucio"

@@ -594,3 +594,61 @@ async def test_cancel_racing_worker_reports_keeps_counts_exact(
     assert await aredis.zcard("td:leases") == await aredis.zcard("td:delayed") == 0
     assert await aredis.scard(f"td:inflight:{LINK}") == 0
     await assert_consistent(aredis, job.job_id)
+
+
+# -- fair-share flows -------------------------------------------------------------------------
+
+
+async def test_flows_queue_per_tenant_and_activity_and_dispatch_in_the_given_order(
+    store: JobStore, aredis: redis.asyncio.Redis
+) -> None:
+    carol = Principal("carol", "escape", Role.SUBMITTER)
+    lofar, _ = await store.submit(ALICE, request(3, priority=1))
+    urgent, _ = await store.submit(BOB, request(1, priority=5, activity="express"))
+    escape, _ = await store.submit(carol, request(2))
+    assert await store.flow_queues(LINK) == {
+        "lofar|default": 3, "lofar|express": 1, "escape|default": 2,
+    }
+    now = time.time()
+    sent = await store.dispatch_fair(
+        LINK, 10, now, ["escape|default", "lofar|default", "escape|default", "lofar|express"]
+    )
+    assert sent == [
+        (f"{escape.job_id}.0", "stream", "escape|default"),
+        (f"{lofar.job_id}.0", "stream", "lofar|default"),
+        (f"{escape.job_id}.1", "stream", "escape|default"),
+        (f"{urgent.job_id}.0", "stream", "lofar|express"),
+    ]
+    # the link queue follows: what a flow gave is gone from it too
+    assert await aredis.zcard(f"td:q:{LINK}") == 2
+    assert await store.flow_queues(LINK) == {"lofar|default": 2}
+    # a flow that runs dry gives up its turn; the limit still holds
+    assert await store.dispatch_fair(LINK, 5, now, ["escape|default", "lofar|default"]) == [
+        (f"{lofar.job_id}.1", "stream", "lofar|default")
+    ]
+    # the plain dispatch takes from the link queue and leaves the flow queue consistent
+    assert await store.dispatch(LINK, 10, now) == [(f"{lofar.job_id}.2", "stream")]
+    assert await store.flow_queues(LINK) == {}
+    assert await store.links() == []
+
+
+async def test_canceled_files_leave_their_flow_queue(store: JobStore) -> None:
+    job, _ = await store.submit(ALICE, request(4, activity="bulk"))
+    assert await store.flow_queues(LINK) == {"lofar|bulk": 4}
+    await store.cancel_job(job.job_id)
+    assert await store.flow_queues(LINK) == {}
+    _, n = await store.retry_job(job.job_id)
+    assert n == 4 and await store.flow_queues(LINK) == {"lofar|bulk": 4}
+
+
+async def test_priority_within_a_flow_ages(store: JobStore, aredis: redis.asyncio.Redis) -> None:
+    await aredis.set("td:fair:aging", 2)
+    low, _ = await store.submit(ALICE, request(1, priority=1))
+    high, _ = await store.submit(ALICE, request(6, priority=2))
+    flows = ["lofar|default"] * 7
+    order = [f for f, _, _ in await store.dispatch_fair(LINK, 10, time.time(), flows)]
+    # one priority level is worth 2 arrivals: newer higher-priority files pass the low
+    # one only while it has not waited that long
+    assert order[0] == f"{high.job_id}.0"
+    assert f"{low.job_id}.0" in order[1:3]
+    assert order[3:] == [f"{high.job_id}.{i}" for i in range(2, 6)]

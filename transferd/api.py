@@ -27,8 +27,10 @@ from typing import Any
 
 from aiohttp import web
 
+from policies.policy import Policy
 from transferd.auth import Authenticator
 from transferd.config import NodeConfig
+from transferd.links import LinkBook
 from transferd.models import Job, JobRequest, Principal, Role
 from transferd.openapi import openapi_document
 from transferd.paths import Confiner, PathNotAllowed
@@ -58,6 +60,8 @@ STORE_KEY = web.AppKey("transferd.store", JobStore)
 AUTH_KEY = web.AppKey("transferd.auth", Authenticator)
 CONFIG_KEY = web.AppKey("transferd.config", NodeConfig)
 PRINCIPAL_KEY = web.RequestKey("transferd.principal", Principal)
+POLICY_KEY: web.AppKey[Callable[[], Policy]] = web.AppKey("transferd.policy")
+LINKS_KEY = web.AppKey("transferd.links", LinkBook)
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
@@ -65,12 +69,26 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def setup_api(
-    app: web.Application, store: JobStore, auth: Authenticator, config: NodeConfig
+    app: web.Application,
+    store: JobStore,
+    auth: Authenticator,
+    config: NodeConfig,
+    *,
+    policy: Callable[[], Policy] | None = None,
+    links: LinkBook | None = None,
 ) -> None:
-    """Mount ``/api/v1`` on ``app`` with its middleware; the caller owns and closes ``auth``."""
+    """Mount ``/api/v1`` on ``app`` with its middleware; the caller owns and closes ``auth``.
+
+    ``policy`` gives the policy in force (default: the shipped one); ``links`` reads
+    per-link state (default: one over ``store``'s Redis)."""
+    default = Policy()
     app[STORE_KEY] = store
     app[AUTH_KEY] = auth
     app[CONFIG_KEY] = config
+    app[POLICY_KEY] = policy or (lambda: default)
+    app[LINKS_KEY] = links or LinkBook(
+        store.redis, app[POLICY_KEY], config.link_limit, namespace=store.ns
+    )
     app.middlewares.append(api_middleware)
     app.router.add_get(f"{API_PREFIX}/health", health)
     app.router.add_get(f"{API_PREFIX}/openapi.json", openapi)
@@ -80,6 +98,8 @@ def setup_api(
     app.router.add_delete(f"{API_PREFIX}/jobs/{{job_id}}", cancel_job)
     app.router.add_get(f"{API_PREFIX}/jobs/{{job_id}}/files", list_files)
     app.router.add_post(f"{API_PREFIX}/jobs/{{job_id}}/retry", retry_job)
+    app.router.add_get(f"{API_PREFIX}/links", list_links)
+    app.router.add_get(f"{API_PREFIX}/policy", get_policy)
 
 
 # -- middleware ----------------------------------------------------------------------------
@@ -329,3 +349,21 @@ async def retry_job(request: web.Request) -> web.Response:
         raise Problem(404, f"no job {job.job_id!r}", kind="not-found")
     body: dict[str, Any] = {"job_id": retried.job_id, "state": retried.state.value, "retried": n}
     return web.json_response(body)
+
+
+async def list_links(request: web.Request) -> web.Response:
+    """Per link: actives, optimizer target, queue, throughput, success rate, decisions.
+
+    Links name every tenant's hosts, so only operators and admins see them."""
+    principal = await _principal(request, write=False)
+    if not principal.sees_all_tenants:
+        raise Problem(403, "only operators may see the links", kind="forbidden")
+    _query(request, ())
+    return web.json_response({"links": await request.app[LINKS_KEY].view()})
+
+
+async def get_policy(request: web.Request) -> web.Response:
+    """The policy in force (defaults overlaid with the node's policy file)."""
+    await _principal(request, write=False)
+    _query(request, ())
+    return web.json_response(request.app[POLICY_KEY]().to_json())

@@ -247,8 +247,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
     import contextlib
 
+    from policies.policy import PolicyError
     from transferd.config import ConfigError, load_config
-    from transferd.node import serve
+    from transferd.node import PolicyHolder, serve
 
     overrides = {
         "host": args.host, "port": args.port, "state_dir": args.state_dir,
@@ -259,9 +260,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config = load_config(args.config, overrides)
     except ConfigError as err:
         raise UsageError(str(err)) from None
+    try:
+        policy = PolicyHolder(os.path.abspath(args.policy) if args.policy else None)
+    except PolicyError as err:
+        raise UsageError(str(err)) from None
     # SIGINT is handled by the node itself; this covers a Ctrl-C during start-up.
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, policy))
     return EXIT_OK
 
 
@@ -522,7 +527,7 @@ def cmd_cp_unavailable(args: argparse.Namespace) -> int:
 
 EXAMPLES = """\
 examples:
-  scripts/setup && scripts/demo                 # install, then a demo transfer end to end
+  scripts/setup && examples/lofar/run           # install, then the LOFAR pipeline end to end
   transferd serve --state-dir ./state --port 8080 --allow-root /data
   transferd token create --tenant lofar --role submitter --state-dir ./state
   export TRANSFERD_URL=http://127.0.0.1:8080 TRANSFERD_TOKEN=...
@@ -581,6 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis-url", help="join a shared Redis instead of starting an embedded one")
     p.add_argument("--workers", type=int, help="in-process worker threads (0: none; default 4)")
     p.add_argument("--config", help="TOML configuration file")
+    p.add_argument("--policy", metavar="FILE",
+                   help="policy file overriding policies/default.toml (optimizer, limits, "
+                   "fair share, retry, chunking, routing); SIGHUP re-reads it")
     p.add_argument("--allow-root", action="append", metavar="DIR",
                    help="a directory every tenant may use in file:// URLs (repeatable)")
 

@@ -192,6 +192,14 @@ class Client:
         """POST /jobs/{id}/retry: ``{"job_id", "state", "retried": n}``."""
         return self._request("POST", f"/jobs/{_seg(job_id)}/retry")
 
+    def links(self) -> list[dict[str, Any]]:
+        """GET /links: per link actives, optimizer target, queue, throughput, decisions."""
+        return list(self._request("GET", "/links")["links"])
+
+    def policy(self) -> dict[str, Any]:
+        """GET /policy: the policy in force."""
+        return self._request("GET", "/policy")
+
     # -- transport --------------------------------------------------------
 
     def _request(

@@ -52,6 +52,11 @@ File layout (every key optional)::
     tenant = "lofar"
     root = "/data/incoming/bob"
     auto_accept = false              # true: shares start without an accept (pipelines)
+
+    [fts3]                           # the FTS3-compatible REST façade under /fts3
+    anonymous_tenant = "rucio"       # callers WITHOUT a credential act as this tenant's
+                                     # submitter (Rucio's FTS3 transfertool sends none to
+                                     # an http:// FTS); absent: every call needs a bearer
 """
 
 from __future__ import annotations
@@ -168,6 +173,7 @@ class NodeConfig:
     default_link_limit: int = 8
     link_limits: dict[str, int] = field(default_factory=dict)
     ocm: OcmConfig | None = None  # None: no [ocm] section, OCM routes are not mounted
+    fts3_anonymous_tenant: str | None = None  # [fts3] anonymous_tenant; None: bearer required
 
     def roots_for(self, tenant: str) -> list[Path]:
         """The directories ``tenant`` may name in file:// URLs (its own plus the global ones)."""
@@ -188,7 +194,7 @@ class NodeConfig:
 
 _TOP_KEYS = {
     "host", "port", "state_dir", "redis_url", "workers", "public_url", "allow_roots",
-    "confine_file_sources", "links", "tenants", "oidc", "ocm",
+    "confine_file_sources", "links", "tenants", "oidc", "ocm", "fts3",
 }
 _OVERRIDE_KEYS = {"host", "port", "state_dir", "redis_url", "workers", "public_url", "allow_roots"}
 _ISSUER_KEYS = {
@@ -286,11 +292,19 @@ def parse_config(data: Mapping[str, Any]) -> NodeConfig:
         seen.add(iss.issuer)
 
     ocm = _ocm(data["ocm"]) if "ocm" in data else None
+    fts3 = _table(data.get("fts3", {}), "fts3")
+    _no_unknown(fts3, {"anonymous_tenant"}, "fts3.")
+    anonymous = _opt_str(fts3, "anonymous_tenant", "fts3.anonymous_tenant")
+    if anonymous is not None and not TENANT_NAME_RE.match(anonymous):
+        raise ConfigError(
+            "config: fts3.anonymous_tenant: a tenant name is 1-64 of A-Z a-z 0-9 . _ -"
+        )
     return NodeConfig(
         host=host, port=port, state_dir=state_dir, redis_url=redis_url, workers=workers,
         public_url=public_url, tenants=tenants, allow_roots=allow_roots,
         confine_file_sources=confine, oidc_issuers=issuers,
         default_link_limit=default_limit, link_limits=link_limits, ocm=ocm,
+        fts3_anonymous_tenant=anonymous,
     )
 
 

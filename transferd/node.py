@@ -5,6 +5,12 @@ state directory and runs worker threads in this process: one command gives a
 working node.  With ``--redis-url`` it joins a shared Redis; ``--workers 0``
 makes an API/scheduler-only node while ``transferd worker`` processes on other
 machines move the data.
+
+The policy (``policies/default.toml`` overlaid with ``--policy FILE``) is held by
+a :class:`PolicyHolder`; SIGHUP re-reads the file.  A bad file on reload is
+logged and the policy in force stays; nothing running is interrupted, because
+every reader (scheduler round, API, workers via ``td:policy``) asks for the
+current policy each time.
 """
 
 from __future__ import annotations
@@ -14,15 +20,19 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import redis.asyncio
 from aiohttp import web
 
+from policies.policy import Policy, PolicyError, load_policy
 from transferd.api import setup_api
 from transferd.auth import Authenticator
 from transferd.config import NodeConfig
 from transferd.dashboard import setup_dashboard
 from transferd.embedded import EmbeddedRedis
+from transferd.fts3 import setup_fts3
+from transferd.links import LinkBook, publish_policy
 from transferd.ocm import note_listen_url, setup_ocm
 from transferd.scheduler import Scheduler
 from transferd.store import JobStore
@@ -34,19 +44,45 @@ log = logging.getLogger(__name__)
 SCHEDULER: web.AppKey[Scheduler] = web.AppKey("scheduler", Scheduler)
 
 
-def build_app(config: NodeConfig, redis_url: str) -> web.Application:
+class PolicyHolder:
+    """The policy in force and the file it came from; :meth:`reload` re-reads it."""
+
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.path = path
+        self.policy: Policy = load_policy(path)  # PolicyError at start-up names the key
+
+    def __call__(self) -> Policy:
+        return self.policy
+
+    def reload(self) -> Policy:
+        """Re-read the file; on a PolicyError the old policy stays and the error propagates."""
+        self.policy = load_policy(self.path)
+        return self.policy
+
+
+POLICY: web.AppKey[PolicyHolder] = web.AppKey("policy", PolicyHolder)
+
+
+def build_app(
+    config: NodeConfig, redis_url: str, policy: PolicyHolder | None = None
+) -> web.Application:
     """The aiohttp application with the API, the scheduler and (optionally) workers."""
     app = web.Application(client_max_size=256 * 1024 * 1024)
+    holder = policy or PolicyHolder()
+    app[POLICY] = holder
     client = redis.asyncio.Redis.from_url(redis_url)
-    store = JobStore(client)
+    store = JobStore(client, routing_rules=lambda: holder().routing)
     auth = Authenticator(client, config)
-    setup_api(app, store, auth, config)
+    book = LinkBook(client, holder, config.link_limit, namespace=store.ns)
+    setup_api(app, store, auth, config, policy=holder, links=book)
+    setup_fts3(app, store, auth, config)
     ocm_ctx = setup_ocm(app, config, client, store)
     setup_dashboard(app, store, auth, config)
 
     async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
         broker = make_broker(redis_url)
-        scheduler = Scheduler(store, client, broker, link_limit=config.link_limit)
+        await publish_policy(client, holder(), store.ns)
+        scheduler = Scheduler(store, client, broker, link_limit=config.link_limit, policy=holder)
         app[SCHEDULER] = scheduler
         task = asyncio.create_task(scheduler.run(), name="scheduler")
         yield
@@ -76,7 +112,28 @@ def build_app(config: NodeConfig, redis_url: str) -> web.Application:
     return app
 
 
-async def serve(config: NodeConfig) -> None:
+async def reload_policy(app: web.Application) -> None:
+    """SIGHUP: re-read the policy file and publish it; a bad file keeps the old policy."""
+    holder = app[POLICY]
+    try:
+        policy = holder.reload()
+    except PolicyError as exc:
+        log.error("policy not reloaded, the one in force stays: %s", exc)
+        print(f"policy not reloaded: {exc}", flush=True)
+        return
+    client = redis.asyncio.Redis.from_url(app[REDIS_URL])
+    try:
+        await publish_policy(client, policy)
+    finally:
+        await client.aclose()
+    log.info("policy reloaded from %s", policy.source)
+    print(f"policy reloaded from {policy.source}", flush=True)
+
+
+REDIS_URL: web.AppKey[str] = web.AppKey("redis_url", str)
+
+
+async def serve(config: NodeConfig, policy: PolicyHolder | None = None) -> None:
     """Run a node until SIGTERM/SIGINT; prints the URL it listens on once ready."""
     embedded: EmbeddedRedis | None = None
     redis_url = config.redis_url
@@ -85,7 +142,8 @@ async def serve(config: NodeConfig) -> None:
         await asyncio.to_thread(embedded.start)
         redis_url = embedded.url
     try:
-        app = build_app(config, redis_url)
+        app = build_app(config, redis_url, policy)
+        app[REDIS_URL] = redis_url
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, config.host, config.port)
@@ -97,6 +155,14 @@ async def serve(config: NodeConfig) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        reloads: set[asyncio.Task[None]] = set()
+
+        def on_hup() -> None:
+            task = asyncio.ensure_future(reload_policy(app))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
         await stop.wait()
         log.info("shutting down")
         await runner.cleanup()

@@ -300,6 +300,55 @@ _PATHS: dict[str, Any] = {
     },
 }
 
+_PATHS["/links"] = {
+    "get": {
+        "summary": "Links and their optimizer (operators and admins)",
+        "operationId": "listLinks",
+        "description": "Per link (`source-host -> destination-host`): transfers active and in "
+        "flight, files queued, the optimizer's target within [min_active, max_active], "
+        "throughput (EMA, bytes/s) and the last window's, success rate (last window and "
+        "all time), bytes moved, the bandwidth cap, and the last decisions with their "
+        "inputs and a one-line rationale, newest first.",
+        "responses": {"200": _json("The links.", {"type": "object", "required": ["links"],
+                                                  "properties": {"links": {
+                                                      "type": "array", "items": _ref("Link")}}}),
+                      **_ERRORS},
+    },
+}
+_PATHS["/policy"] = {
+    "get": {
+        "summary": "The policy in force", "operationId": "getPolicy",
+        "description": "`policies/default.toml` overlaid with the node's `--policy` file "
+        "(`source`); re-read on SIGHUP.",
+        "responses": {"200": _json("The policy.", {"type": "object", "required": [
+            "source", "optimizer", "limits", "fairshare", "retry", "chunking", "routing"]}),
+            **_ERRORS},
+    },
+}
+_SCHEMAS["Link"] = {
+    "type": "object",
+    "required": ["link", "active", "inflight", "queued", "target", "max_active",
+                 "throughput_bps", "success_rate", "bytes", "decisions"],
+    "properties": {
+        "link": {"type": "string", "examples": ["archive.surf.nl -> proc.example.org"]},
+        "active": {"type": "integer"}, "inflight": {"type": "integer"},
+        "queued": {"type": "integer"}, "target": {"type": "integer"},
+        "max_active": {"type": "integer"}, "min_active": {"type": "integer"},
+        "optimizer": {"type": "boolean"},
+        "throughput_bps": {"type": "number"}, "last_throughput_bps": {"type": "number"},
+        "success_rate": {"type": ["number", "null"]},
+        "success_rate_total": {"type": ["number", "null"]},
+        "successes": {"type": "integer"}, "failures": {"type": "integer"},
+        "bytes": {"type": "integer", "description": "Bytes moved on the link, ever."},
+        "mean_duration_s": {"type": ["number", "null"]},
+        "bandwidth_bps": {"type": ["integer", "null"]},
+        "decisions": {"type": "array", "items": {"type": "object", "properties": {
+            "ts": {"type": "number"}, "target": {"type": "integer"},
+            "previous": {"type": "integer"}, "rationale": {"type": "string"},
+            "inputs": {"type": "object"}}}},
+    },
+}
+
 # OCM (transferd/ocm): received datatx shares and their CS3 TxInfo view; mounted only
 # when the node has an [ocm] section, so documented only on request (openapi_document(ocm=True))
 _OCM_PATHS: dict[str, Any] = {

@@ -290,9 +290,12 @@ class Overview:
             history = [
                 _num(b.get(f"lrate|{link}")) / max(1.0, _num(b.get("n"))) for _, b in hour
             ]
+            # the optimizer's target (transferd/links.py) once it has seen the link
+            optimized = await self.redis.hget(self._k("opt", link), "target")
+            target = int(_num(optimized)) if optimized else self.link_limit(link)
             per_link.append({
                 "link": link, "queued": queued, "dispatched": dispatched, "active": active,
-                "target": self.link_limit(link), "rate_bps": rate,
+                "target": target, "rate_bps": rate,
                 "finished_1h": finished, "failed_1h": failed,
                 "success_rate": finished / (finished + failed) if finished + failed else None,
                 "history_bps": history,

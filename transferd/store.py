@@ -17,7 +17,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from itertools import chain
 from typing import Any, TypeVar
@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from policies import retry as retry_policy
-from policies.routing import link_of, route
+from policies.routing import RouteRule, link_of, route
 from transferd import store_lua
 from transferd.models import FileRecord, Job, JobParams, JobRequest, Principal
 from transferd.states import (
@@ -148,18 +148,25 @@ class JobStore:
     """
 
     def __init__(
-        self, redis: Redis, *, namespace: str = "td", dispatch_timeout_s: float = 120.0
+        self,
+        redis: Redis,
+        *,
+        namespace: str = "td",
+        dispatch_timeout_s: float = 120.0,
+        routing_rules: Callable[[], Sequence[RouteRule]] | None = None,
     ) -> None:
         self.redis = redis
         self.ns = namespace
         self.dispatch_timeout_s = dispatch_timeout_s
+        # the policy's rules in force (a reload changes them for later submissions)
+        self.routing_rules = routing_rules or (lambda: ())
         self.cancel_channel = f"{namespace}:cancel"
         self.events_key = f"{namespace}:events"
 
         def load(body: str) -> Any:
             return redis.register_script(store_lua.script(body))
 
-        self._store_files_lua = store_lua.STORE_FILES
+        self._store_files_lua = store_lua.script(store_lua.STORE_FILES)
         self._claim = load(store_lua.CLAIM)
         self._heartbeat = load(store_lua.HEARTBEAT)
         self._finish = load(store_lua.FINISH)
@@ -167,6 +174,7 @@ class JobStore:
         self._release = load(store_lua.RELEASE)
         self._set_size = load(store_lua.SET_SIZE)
         self._dispatch = load(store_lua.DISPATCH)
+        self._dispatch_fair = load(store_lua.DISPATCH_FAIR)
         self._promote = load(store_lua.PROMOTE_DELAYED)
         self._reap = load(store_lua.REAP)
         self._cancel = load(store_lua.CANCEL_BATCH)
@@ -216,13 +224,15 @@ class JobStore:
         state = job_state({FileState.SUBMITTED: len(files)}, accepted=accepted)
         file_rows: list[list[str]] = []
         bytes_total = 0
+        rules = self.routing_rules()
         for index, spec in enumerate(files):
             file_rows.append(
                 [
                     str(index),
                     spec.source,
                     spec.destination,
-                    route(spec.source, spec.destination, params.backend),
+                    route(spec.source, spec.destination, params.backend, size=spec.size,
+                          rules=rules),
                     link_of(spec.source, spec.destination),
                     "" if spec.size is None else str(spec.size),
                     spec.checksum or "",
@@ -273,7 +283,8 @@ class JobStore:
                     pipe.eval(
                         self._store_files_lua, 0, self.ns, job_id, FileState.SUBMITTED.value,
                         params.priority, params.max_retries, repr(float(params.retry_delay_s)),
-                        int(accepted), seq_start, json.dumps(chunk),
+                        int(accepted), seq_start, json.dumps(chunk), principal.tenant,
+                        params.activity or "default",
                     )  # fmt: skip
                     seq_start += len(chunk)
                 if due_ts is not None:
@@ -477,6 +488,37 @@ class JobStore:
             self._dispatch, now, link, limit, repr(now + self.dispatch_timeout_s), claim_from
         )
         return [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    async def flow_queues(self, link: str) -> dict[str, int]:
+        """The link's fair-share flows ("tenant|activity") with files queued: flow → count."""
+        flows = sorted(_text(m) for m in await self.redis.smembers(self._k("qflows", link)))
+        if not flows:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for flow in flows:
+                pipe.zcard(f"{self._k('qf', link)}#{flow}")
+            counts = await pipe.execute()
+        return {f: int(n) for f, n in zip(flows, counts, strict=True) if int(n) > 0}
+
+    async def dispatch_fair(
+        self, link: str, limit: int, now: float, flows: Sequence[str]
+    ) -> list[tuple[str, str, str]]:
+        """Like :meth:`dispatch`, taking one file from each flow of ``flows`` in turn
+        (the fair-share order, ``policies.fairshare.pick``): [(file_id, backend, flow)]."""
+        if not flows:
+            return []
+        claim_from, _ = _edge(FileEvent.CLAIM)
+        flat = await self._run(
+            self._dispatch_fair, now, link, limit, repr(now + self.dispatch_timeout_s),
+            claim_from, *flows,
+        )  # fmt: skip
+        return [
+            (_text(flat[i]), _text(flat[i + 1]), _text(flat[i + 2]))
+            for i in range(0, len(flat), 3)
+        ]
+
+    async def inflight_count(self, link: str) -> int:
+        return int(await self.redis.scard(self._k("inflight", link)))
 
     async def reap(self, now: float) -> list[str]:
         """Put back files whose lease or dispatch ran out; returns their ids."""

@@ -97,20 +97,66 @@ local function queue_score(priority, seq)
   return istr((9 - p) * 17592186044416 + seq)
 end
 
-local function enqueue(ns, fid, link, priority)
-  local seq = redis.call('INCR', ns .. ':seq')
+-- a file's fair-share flow: "tenant|activity" (policies.fairshare.flow_name)
+local function flow_of(tenant, activity)
+  if blank(tenant) then tenant = '?' end
+  if blank(activity) then activity = 'default' end
+  return tenant .. '|' .. activity
+end
+
+local function flow_key(ns, link, flow) return ns .. ':qf:' .. link .. '#' .. flow end
+
+-- mirrors policies.fairshare.flow_score: priority with aging, lowest first
+local function flow_score(ns, priority, seq)
+  local aging = tonumber(redis.call('GET', ns .. ':fair:aging')) or 10000
+  local p = math.max(0, math.min(9, math.floor(priority)))
+  return istr(seq - p * aging)
+end
+
+-- a queued file sits in its link's queue and in its flow's queue
+local function enqueue_at(ns, fid, link, priority, flow, seq)
   redis.call('ZADD', ns .. ':q:' .. link, queue_score(num(priority), seq), fid)
+  redis.call('ZADD', flow_key(ns, link, flow), flow_score(ns, num(priority), seq), fid)
+  redis.call('SADD', ns .. ':qflows:' .. link, flow)
   redis.call('SADD', ns .. ':links', link)
 end
 
+local function enqueue(ns, fid, link, priority, flow)
+  enqueue_at(ns, fid, link, priority, flow, redis.call('INCR', ns .. ':seq'))
+end
+
+local function unflow(ns, fid, link, flow)
+  local fq = flow_key(ns, link, flow)
+  if redis.call('ZREM', fq, fid) == 1 and redis.call('ZCARD', fq) == 0 then
+    redis.call('SREM', ns .. ':qflows:' .. link, flow)
+  end
+end
+
 -- out of the queue, the retry delay and the dispatch watch (not out of inflight)
-local function unqueue(ns, fid, link)
+local function unqueue(ns, fid, link, flow)
   local q = ns .. ':q:' .. link
   if redis.call('ZREM', q, fid) == 1 and redis.call('ZCARD', q) == 0 then
     redis.call('SREM', ns .. ':links', link)
   end
+  unflow(ns, fid, link, flow)
   redis.call('ZREM', ns .. ':delayed', fid)
   redis.call('ZREM', ns .. ':dispatched', fid)
+end
+
+local function flow_of_file(f) return flow_of(f.tenant, f.activity) end
+
+-- per-link counters the optimizer reads (td:lstat:{link}): bytes moved (live, from
+-- heartbeats), attempts that succeeded or failed and their summed durations
+local function link_bytes(ns, link, delta)
+  if delta > 0 then redis.call('HINCRBY', ns .. ':lstat:' .. link, 'bytes', istr(delta)) end
+end
+
+local function link_outcome(ns, link, outcome, duration_s)
+  local k = ns .. ':lstat:' .. link
+  redis.call('HINCRBY', k, outcome, 1)
+  if duration_s > 0 and duration_s < 1e9 then
+    redis.call('HINCRBYFLOAT', k, outcome .. '_s', fstr(duration_s))
+  end
 end
 
 -- the file leaves ACTIVE: its lease ends, its live progress and rate leave the job totals
@@ -143,7 +189,7 @@ local function stop_file(ns, fid, f, to, now, error_class, reason)
     leave_active(ns, fk, fid, f)
     redis.call('PUBLISH', ns .. ':cancel', fid)
   else
-    unqueue(ns, fid, f.link)
+    unqueue(ns, fid, f.link, flow_of_file(f))
     redis.call('SREM', ns .. ':inflight:' .. f.link, fid)
   end
   move(ns, fk, fid, f, to, now, error_class)
@@ -157,7 +203,8 @@ end
 # Standalone (run inside submit's MULTI, so it must not read what it writes to decide).
 # ARGV: ns, job_id, submitted_state, priority, max_retries, retry_delay_s, queue (1/0),
 #       first FIFO sequence number, JSON [[index, source, destination, backend, link,
-#       size, checksum, metadata_json], ...] with "" for absent values
+#       size, checksum, metadata_json], ...] with "" for absent values, tenant, activity
+# (runs with the LIB helpers: enqueue_at reads only the aging setting, never what it writes)
 STORE_FILES = r"""
 local ns, job_id, state = ARGV[1], ARGV[2], ARGV[3]
 local priority = math.max(0, math.min(9, math.floor(tonumber(ARGV[4]))))
@@ -165,26 +212,21 @@ local queue = ARGV[7] == '1'
 local seq = tonumber(ARGV[8])
 local rows = cjson.decode(ARGV[9])
 local by_state = ns .. ':job:' .. job_id .. ':files:' .. state
-local links = {}
+local flow = flow_of(ARGV[10], ARGV[11])
 for i, r in ipairs(rows) do
   local fid = job_id .. '.' .. r[1]
   local fields = {'file_id', fid, 'job_id', job_id, 'index', r[1], 'source', r[2],
     'destination', r[3], 'state', state, 'backend', r[4], 'link', r[5],
     'attempts', '0', 'bytes_done', '0', 'rate_bps', '0',
-    'priority', ARGV[4], 'max_retries', ARGV[5], 'retry_delay_s', ARGV[6]}
+    'priority', ARGV[4], 'max_retries', ARGV[5], 'retry_delay_s', ARGV[6],
+    'tenant', ARGV[10], 'activity', ARGV[11]}
   if r[6] ~= '' then fields[#fields + 1] = 'size'; fields[#fields + 1] = r[6] end
   if r[7] ~= '' then fields[#fields + 1] = 'checksum'; fields[#fields + 1] = r[7] end
   if r[8] ~= '' then fields[#fields + 1] = 'metadata'; fields[#fields + 1] = r[8] end
   redis.call('HSET', ns .. ':file:' .. fid, unpack(fields))
   redis.call('ZADD', by_state, r[1], fid)
-  if queue then
-    -- the same score as queue_score in LIB and transferd.store.queue_score
-    local score = string.format('%d', (9 - priority) * 17592186044416 + seq + i - 1)
-    redis.call('ZADD', ns .. ':q:' .. r[5], score, fid)
-    links[r[5]] = true
-  end
+  if queue then enqueue_at(ns, fid, r[5], priority, flow, seq + i - 1) end
 end
-for link in pairs(links) do redis.call('SADD', ns .. ':links', link) end
 return #rows
 """
 
@@ -198,7 +240,7 @@ if not blank(f.not_before) and tonumber(f.not_before) > tonumber(now) then retur
 local j = redis.call('HMGET', ns .. ':job:' .. f.job_id, 'accepted', 'cancel_requested')
 if num(j[1]) ~= 1 or num(j[2]) == 1 then return false end
 local lease_until = string.format('%.6f', tonumber(now) + tonumber(ARGV[5]))
-unqueue(ns, fid, f.link)
+unqueue(ns, fid, f.link, flow_of_file(f))
 redis.call('SADD', ns .. ':inflight:' .. f.link, fid)
 redis.call('ZADD', ns .. ':leases', lease_until, fid)
 move(ns, fk, fid, f, ARGV[7], now, nil)
@@ -222,6 +264,7 @@ local lease_until = string.format('%.6f', tonumber(now) + tonumber(ARGV[7]))
 if done ~= num(f.bytes_done) then
   redis.call('HINCRBY', jk, 'bytes_done', istr(done - num(f.bytes_done)))
 end
+link_bytes(ns, f.link, done - num(f.bytes_done))
 if rate ~= num(f.rate_bps) then
   redis.call('HINCRBYFLOAT', jk, 'rate_bps', fstr(rate - num(f.rate_bps)))
 end
@@ -239,6 +282,8 @@ local f = hash(fk)
 if not allowed(ARGV[7], f.state) or f.lease_owner ~= worker then return 0 end
 local jk = ns .. ':job:' .. f.job_id
 local done = math.floor(tonumber(ARGV[6]))
+link_bytes(ns, f.link, done - num(f.bytes_done))
+link_outcome(ns, f.link, 'ok', tonumber(now) - num(f.started_at))
 leave_active(ns, fk, fid, f)
 if done ~= 0 then redis.call('HINCRBY', jk, 'bytes_done', istr(done)) end
 -- the bytes copied are the file's size now, whatever was declared or unknown before
@@ -266,6 +311,7 @@ local retry = ARGV[7] == '1'
 local from_csv, to = ARGV[12], ARGV[13]
 if retry then from_csv, to = ARGV[10], ARGV[11] end
 if not allowed(from_csv, f.state) then return f.state end
+link_outcome(ns, f.link, 'fail', tonumber(now) - num(f.started_at))
 leave_active(ns, fk, fid, f)
 move(ns, fk, fid, f, to, now, ARGV[5])
 redis.call('HSET', fk, 'error_class', ARGV[5], 'reason', ARGV[6])
@@ -274,7 +320,7 @@ if retry then
   if tonumber(ARGV[8]) > tonumber(now) then
     redis.call('ZADD', ns .. ':delayed', ARGV[8], fid)
   else
-    enqueue(ns, fid, f.link, f.priority)
+    enqueue(ns, fid, f.link, f.priority, flow_of_file(f))
   end
 else
   redis.call('HSET', fk, 'finished_at', now, 'not_before', '')
@@ -292,7 +338,7 @@ if not allowed(ARGV[5], f.state) or f.lease_owner ~= worker then return 0 end
 leave_active(ns, fk, fid, f)
 move(ns, fk, fid, f, ARGV[6], now, nil)
 redis.call('HSET', fk, 'attempts', istr(math.max(0, num(f.attempts) - 1)), 'not_before', '')
-enqueue(ns, fid, f.link, f.priority)
+enqueue(ns, fid, f.link, f.priority, flow_of_file(f))
 recompute(ns, f.job_id, now)
 return 1
 """
@@ -323,7 +369,9 @@ while room > 0 do
   local popped = redis.call('ZPOPMIN', q)
   if #popped == 0 then break end
   local fid = popped[1]
-  local v = redis.call('HMGET', ns .. ':file:' .. fid, 'state', 'job_id', 'backend', 'not_before')
+  local v = redis.call('HMGET', ns .. ':file:' .. fid, 'state', 'job_id', 'backend', 'not_before',
+    'tenant', 'activity')
+  unflow(ns, fid, link, flow_of(v[5], v[6]))
   -- entries for files canceled, claimed or delayed since they were queued are dropped
   if allowed(ARGV[6], v[1]) then
     local j = redis.call('HMGET', ns .. ':job:' .. v[2], 'accepted', 'cancel_requested')
@@ -344,6 +392,51 @@ if redis.call('ZCARD', q) == 0 then redis.call('SREM', ns .. ':links', link) end
 return out
 """
 
+# ARGV: ns, now, link, limit, dispatched_until, claim_from, flow...  (the fair-share order)
+# returns {file_id, backend, flow, ...}; a flow that runs dry gives up its turns
+DISPATCH_FAIR = r"""
+local ns, now, link = ARGV[1], ARGV[2], ARGV[3]
+local inflight = ns .. ':inflight:' .. link
+local q = ns .. ':q:' .. link
+local room = tonumber(ARGV[4]) - redis.call('SCARD', inflight)
+local out = {}
+local i = 7
+while room > 0 and i <= #ARGV do
+  local flow = ARGV[i]
+  local fq = flow_key(ns, link, flow)
+  local popped = redis.call('ZPOPMIN', fq)
+  if #popped == 0 then
+    redis.call('SREM', ns .. ':qflows:' .. link, flow)
+    i = i + 1
+  else
+    local fid = popped[1]
+    redis.call('ZREM', q, fid)
+    local v = redis.call('HMGET', ns .. ':file:' .. fid, 'state', 'job_id', 'backend', 'not_before')
+    -- entries for files canceled, claimed or delayed since they were queued are dropped
+    -- (and the same flow tries again)
+    if allowed(ARGV[6], v[1]) then
+      local j = redis.call('HMGET', ns .. ':job:' .. v[2], 'accepted', 'cancel_requested')
+      if num(j[1]) == 1 and num(j[2]) == 0 then
+        if not blank(v[4]) and tonumber(v[4]) > tonumber(now) then
+          redis.call('ZADD', ns .. ':delayed', v[4], fid)
+        else
+          redis.call('SADD', inflight, fid)
+          redis.call('ZADD', ns .. ':dispatched', ARGV[5], fid)
+          out[#out + 1] = fid
+          out[#out + 1] = v[3]
+          out[#out + 1] = flow
+          room = room - 1
+          i = i + 1
+        end
+      end
+    end
+    if redis.call('ZCARD', fq) == 0 then redis.call('SREM', ns .. ':qflows:' .. link, flow) end
+  end
+end
+if redis.call('ZCARD', q) == 0 then redis.call('SREM', ns .. ':links', link) end
+return out
+"""
+
 # ARGV: ns, now, max, claim_from
 PROMOTE_DELAYED = r"""
 local ns, now = ARGV[1], ARGV[2]
@@ -351,9 +444,10 @@ local due = redis.call('ZRANGEBYSCORE', ns .. ':delayed', '-inf', now, 'LIMIT', 
 local moved = 0
 for _, fid in ipairs(due) do
   redis.call('ZREM', ns .. ':delayed', fid)
-  local v = redis.call('HMGET', ns .. ':file:' .. fid, 'state', 'link', 'priority')
+  local v = redis.call('HMGET', ns .. ':file:' .. fid, 'state', 'link', 'priority', 'tenant',
+    'activity')
   if allowed(ARGV[4], v[1]) then
-    enqueue(ns, fid, v[2], v[3])
+    enqueue(ns, fid, v[2], v[3], flow_of(v[4], v[5]))
     moved = moved + 1
   end
 end
@@ -373,12 +467,13 @@ for _, fid in ipairs(expired) do
   if not allowed(ARGV[4], f.state) then
     redis.call('ZREM', ns .. ':leases', fid)
   else
+    link_outcome(ns, f.link, 'fail', tonumber(now) - num(f.started_at))
     leave_active(ns, fk, fid, f)
     local reason = 'the worker stopped renewing its lease'
     if num(f.attempts) <= num(f.max_retries) then
       move(ns, fk, fid, f, ARGV[5], now, 'lease_expired')
       redis.call('HSET', fk, 'error_class', 'lease_expired', 'reason', reason, 'not_before', '')
-      enqueue(ns, fid, f.link, f.priority)
+      enqueue(ns, fid, f.link, f.priority, flow_of_file(f))
     else
       move(ns, fk, fid, f, ARGV[7], now, 'lease_expired')
       redis.call('HSET', fk, 'error_class', 'lease_expired', 'reason', reason,
@@ -392,10 +487,11 @@ local stale = redis.call('ZRANGEBYSCORE', ns .. ':dispatched', '-inf', now, 'LIM
 out[2] = #stale
 for _, fid in ipairs(stale) do
   redis.call('ZREM', ns .. ':dispatched', fid)
-  local v = redis.call('HMGET', ns .. ':file:' .. fid, 'state', 'link', 'priority')
+  local v = redis.call('HMGET', ns .. ':file:' .. fid, 'state', 'link', 'priority', 'tenant',
+    'activity')
   if allowed(ARGV[8], v[1]) then
     redis.call('SREM', ns .. ':inflight:' .. v[2], fid)
-    enqueue(ns, fid, v[2], v[3])
+    enqueue(ns, fid, v[2], v[3], flow_of(v[4], v[5]))
     out[#out + 1] = fid
   end
 end
@@ -449,7 +545,7 @@ for from in string.gmatch(ARGV[6], '[^,]+') do
       redis.call('HSET', fk, 'attempts', '0', 'error_class', '', 'reason', '',
         'not_before', '', 'finished_at', '', 'verified_checksum', '',
         'bytes_done', '0', 'rate_bps', '0')
-      enqueue(ns, fid, f.link, f.priority)
+      enqueue(ns, fid, f.link, f.priority, flow_of_file(f))
       n = n + 1
     end
   end
@@ -475,8 +571,9 @@ local rows = redis.call('ZRANGEBYSCORE', jk .. ':files:SUBMITTED', ARGV[4], '+in
   'WITHSCORES', 'LIMIT', 0, ARGV[5])
 if #rows == 0 then return -3 end
 for i = 1, #rows, 2 do
-  local f = redis.call('HMGET', ns .. ':file:' .. rows[i], 'link', 'priority')
-  enqueue(ns, rows[i], f[1], f[2])
+  local f = redis.call('HMGET', ns .. ':file:' .. rows[i], 'link', 'priority', 'tenant',
+    'activity')
+  enqueue(ns, rows[i], f[1], f[2], flow_of(f[3], f[4]))
 end
 return tonumber(rows[#rows]) + 1
 """

@@ -8,24 +8,44 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
 from transferd.errors import PermanentError
+from workers.backend import Copied, FileRun, Mover, run_file
 from workers.broker import BACKENDS, actor_name, queue_name
 from workers.runtime import WorkerRuntime
 from workers.transfer import move_stream_file
 
 log = logging.getLogger(__name__)
 
-# Backends whose movers land in later issues (#5).  Their files fail with a
-# clear sentence rather than wait forever in a queue nobody reads.
-_NOT_YET = {"rclone": 5, "fts": 5, "rucio": 5}
+
+def _mover(backend: str) -> Mover:
+    """The mover for a non-stream backend, imported on first use (the fts3 and rucio
+    clients are optional extras): a missing client fails the file with a sentence."""
+    try:
+        return _import_mover(backend)
+    except ImportError as exc:
+        missing = exc.name or str(exc)
+
+        async def unavailable(rt: WorkerRuntime, run: FileRun) -> Copied:
+            raise PermanentError(
+                f"backend {backend!r} needs {missing!r}, which is not installed on this worker"
+            )
+
+        return unavailable
 
 
-async def _unavailable(rt: WorkerRuntime, backend: str, file_id: str) -> None:
-    assert rt.store is not None
-    record = await rt.store.claim(file_id, rt.worker_id, rt.lease_s)
-    if record is None:
-        return
-    err = PermanentError(f"backend {backend!r} is not available on this node yet")
-    await rt.store.fail(file_id, rt.worker_id, "unsupported", err.reason, retryable=False)
+def _import_mover(backend: str) -> Mover:
+    if backend == "rclone":
+        from workers.rclone import move_rclone_file
+
+        return move_rclone_file
+    if backend == "fts":
+        from workers.fts import move_fts_file
+
+        return move_fts_file
+    if backend == "rucio":
+        from workers.rucio import move_rucio_file
+
+        return move_rucio_file
+    raise ValueError(f"no mover for backend {backend!r}")
 
 
 def declare_actors(broker: RedisBroker, rt: WorkerRuntime) -> list[dramatiq.Actor[..., None]]:
@@ -37,7 +57,7 @@ def declare_actors(broker: RedisBroker, rt: WorkerRuntime) -> list[dramatiq.Acto
             if _backend == "stream":
                 rt.call(move_stream_file(rt, file_id))
             else:
-                rt.call(_unavailable(rt, _backend, file_id))
+                rt.call(run_file(rt, file_id, _mover(_backend)))
 
         declare = dramatiq.actor(
             actor_name=actor_name(backend), queue_name=queue_name(backend), broker=broker

@@ -38,9 +38,7 @@ class WorkerPool:
         chunk_policy: ChunkPolicy | None = None,
     ) -> None:
         self.broker = make_broker(redis_url)
-        self.runtime = WorkerRuntime(
-            redis_url, lease_s=lease_s, chunk_policy=chunk_policy or ChunkPolicy()
-        )
+        self.runtime = WorkerRuntime(redis_url, lease_s=lease_s, chunk_policy=chunk_policy)
         declare_actors(self.broker, self.runtime)
         # dramatiq's consumer backs off up to worker_timeout when its queue is
         # empty; the scheduler dispatches just in time, so a long backoff would

@@ -5,32 +5,45 @@ loop, an HTTP session and a Redis client per message (costly for 10,000 small
 files), each process keeps one loop in a thread with one keep-alive
 ``aiohttp.ClientSession`` and one Redis client, and actors hand it coroutines.
 The runtime also knows every file it is moving, so SIGTERM can release them.
+
+It follows the policy the node publishes in Redis (``td:policy``, re-read every
+``POLICY_REFRESH_S``): the retry classes, the chunking settings and the
+per-link bandwidth caps.  A cap is cluster-wide: each worker process announces
+itself in ``td:workers:live`` and enforces ``cap / live worker processes``
+with one token bucket per link shared by all its files.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import aiohttp
 import redis.asyncio
 
-from policies.chunking import ChunkPolicy
+from policies.chunking import ChunkPolicy, LinkStats
+from policies.policy import Policy, PolicyError, policy_from_json
 from transferd.models import JobParams
 from transferd.store import JobStore
 from workers.stream.http import new_session
+from workers.stream.limiter import TokenBucket
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 PARAMS_CACHE_SIZE = 1000
+POLICY_REFRESH_S = 2.0
+LIVE_WORKERS_KEY = "td:workers:live"
+LIVE_WINDOW_S = 15.0  # a worker process not seen for this long no longer shares a cap
 
 
 class StopReason:
@@ -47,7 +60,14 @@ class WorkerRuntime:
     ) -> None:
         self.redis_url = redis_url
         self.lease_s = lease_s
+        # an explicit chunk policy (`transferd worker --chunk-size/--streams`) wins over
+        # the per-link tuning of policies.chunking.tune
+        self.chunk_policy_fixed = chunk_policy is not None
         self.chunk_policy = chunk_policy or ChunkPolicy()
+        self.policy = Policy()
+        self._policy_at = -POLICY_REFRESH_S
+        self._live_workers = 1
+        self.limiters: dict[str, TokenBucket] = {}
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="transferd-worker-loop", daemon=True)
@@ -59,6 +79,8 @@ class WorkerRuntime:
         self.running: dict[str, tuple[asyncio.Event, list[str]]] = {}
         self.accepting = True
         self._params: OrderedDict[str, JobParams] = OrderedDict()
+        # run on the loop at close, newest first: backends' helpers (an rclone rcd child)
+        self.closers: list[Callable[[], Awaitable[None]]] = []
 
     async def job_params(self, job_id: str) -> JobParams | None:
         """A job's params (immutable after submission), cached: a job of 10,000
@@ -74,6 +96,55 @@ class WorkerRuntime:
         while len(self._params) > PARAMS_CACHE_SIZE:
             self._params.popitem(last=False)
         return job.params
+
+    async def current_policy(self) -> Policy:
+        """The node's published policy, re-read at most every POLICY_REFRESH_S; also
+        renews this process's place among the live workers."""
+        now = time.monotonic()
+        if now - self._policy_at < POLICY_REFRESH_S:
+            return self.policy
+        self._policy_at = now
+        assert self.redis is not None
+        wall = time.time()
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(LIVE_WORKERS_KEY, {self.worker_id: wall})
+                pipe.zremrangebyscore(LIVE_WORKERS_KEY, "-inf", wall - LIVE_WINDOW_S)
+                pipe.zcard(LIVE_WORKERS_KEY)
+                pipe.get("td:policy")
+                _, _, live, raw = await pipe.execute()
+            self._live_workers = max(1, int(live))
+            if raw:
+                self.policy = policy_from_json(json.loads(raw))
+        except (PolicyError, ValueError):
+            log.warning("the published policy is unreadable; keeping %s", self.policy.source)
+        except Exception:  # Redis blip: keep the last policy
+            log.warning("could not refresh the policy", exc_info=True)
+        return self.policy
+
+    async def limiter_for(self, link: str) -> TokenBucket | None:
+        """The link's shared token bucket, or None when the link has no bandwidth cap."""
+        policy = await self.current_policy()
+        cap = policy.limits.bandwidth_bps(link)
+        if cap is None:
+            self.limiters.pop(link, None)
+            return None
+        rate = cap / self._live_workers
+        bucket = self.limiters.get(link)
+        if bucket is None:
+            bucket = self.limiters[link] = TokenBucket(rate)
+        bucket.set_rate(rate)
+        return bucket
+
+    async def link_stats(self, link: str) -> LinkStats:
+        """What the optimizer last recorded of ``link`` (transferd/links.py)."""
+        assert self.redis is not None
+        ema, target, rtt = await self.redis.hmget(f"td:opt:{link}", ["ema_bps", "target", "rtt_s"])
+        return LinkStats(
+            throughput_bps=float(ema) if ema else None,
+            rtt_s=float(rtt) if rtt else None,
+            active=int(target) if target else 0,
+        )
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -110,6 +181,11 @@ class WorkerRuntime:
 
     def close(self, timeout_s: float = 10.0) -> None:
         async def _close() -> None:
+            for closer in reversed(self.closers):
+                try:
+                    await closer()
+                except Exception:  # one helper failing to stop must not keep the rest open
+                    log.warning("closing a backend helper failed", exc_info=True)
             if self.session is not None:
                 await self.session.close()
             if self.redis is not None:

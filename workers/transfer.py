@@ -22,6 +22,8 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from policies import retry as retry_policy
+from policies.chunking import tune
 from transferd.errors import Canceled, TransferError
 from transferd.models import FileRecord
 from transferd.ocm.exchange import share_headers
@@ -42,7 +44,7 @@ report_retry = retry(
     retry=retry_if_exception_type(
         (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
     ),
-    wait=wait_exponential_jitter(initial=0.1, max=5.0),
+    wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
     stop=stop_after_delay(60),
     reraise=True,
 )
@@ -113,6 +115,12 @@ async def _copy(
     assert store is not None and session is not None and redis is not None
     params = await rt.job_params(record.job_id)
     manifest = RedisManifestStore(redis, manifest_key(record.file_id))
+    limiter = await rt.limiter_for(record.link)
+    chunk_policy = rt.chunk_policy
+    if not rt.chunk_policy_fixed:
+        chunk_policy, _why = tune(
+            record.size, await rt.link_stats(record.link), rt.policy.chunking
+        )
 
     async def on_progress(bytes_done: int, rate_bps: float) -> None:
         progress.bytes_done = bytes_done
@@ -133,9 +141,10 @@ async def _copy(
                 expected_checksum=record.checksum,
                 verify=params.verify_checksum if params else "both",
                 manifest=manifest,
-                policy=rt.chunk_policy,
+                policy=chunk_policy,
                 progress=on_progress,
                 cancel=cancel,
+                limiter=limiter,
             )
         finally:
             await source.aclose()
@@ -191,7 +200,9 @@ async def _failed(
     store = rt.store
     assert store is not None
     retry_after = getattr(exc, "retry_after_s", None)
-    retryable = exc.retryable
+    retryable = retry_policy.retryable(
+        exc.error_class, exc.retryable, (await rt.current_policy()).retry_classes
+    )
     if exc.error_class == "checksum" and record.attempts >= 2:
         retryable = False  # a second mismatch is not bad luck on the wire
     state = await report_retry(store.fail)(

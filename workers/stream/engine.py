@@ -41,6 +41,7 @@ from transferd import errors
 from workers.stream import checksums
 from workers.stream.base import Entry, Sink, Source, SourceInfo
 from workers.stream.checksums import crc32c_update
+from workers.stream.limiter import TokenBucket
 from workers.stream.manifest import ChunkRecord, Manifest, ManifestHeader, ManifestStore
 
 VERIFY_MODES = ("both", "source", "target", "none")
@@ -48,6 +49,7 @@ VERIFY_MODES = ("both", "source", "target", "none")
 # enough that the hop costs nothing, small enough to keep memory low (4 MiB
 # batches were no faster and cost ~30 MB more peak RSS with 4 streams).
 HASH_BATCH_BYTES = 2 * 1024 * 1024
+RATE_WINDOW_S = 5.0  # the span the reported rate averages over
 PROGRESS_INTERVAL_S = 0.5
 
 ProgressCallback = Callable[[int, float], Awaitable[None]]
@@ -119,8 +121,10 @@ class _Copy:
         policy: ChunkPolicy,
         resume_key: str | None,
         known: SourceInfo | None = None,
+        limiter: TokenBucket | None = None,
     ) -> None:
         self.known = known
+        self.limiter = limiter
         self.source = source
         self.sink = sink
         self.expected = expected
@@ -136,12 +140,18 @@ class _Copy:
 
     async def report_progress(self, progress: ProgressCallback) -> None:
         """Call ``progress(bytes_done, rate_bps)`` every PROGRESS_INTERVAL_S until cancelled."""
-        last_t, last_bytes = time.monotonic(), self.bytes_done
+        # Bytes arrive in multi-MiB batches: a rate over one interval would
+        # flicker between 0 and double on a slow link, so average over a window.
+        window: collections.deque[tuple[float, int]] = collections.deque()
+        window.append((time.monotonic(), self.bytes_done))
         while True:
             await asyncio.sleep(PROGRESS_INTERVAL_S)
             now, done = time.monotonic(), self.bytes_done
-            rate_bps = (done - last_bytes) / (now - last_t) if now > last_t else 0.0
-            last_t, last_bytes = now, done
+            window.append((now, done))
+            while len(window) > 2 and now - window[1][0] >= RATE_WINDOW_S:
+                window.popleft()
+            first_t, first_bytes = window[0]
+            rate_bps = (done - first_bytes) / (now - first_t) if now > first_t else 0.0
             await progress(done, rate_bps)
 
     # --- the attempt --------------------------------------------------------
@@ -356,7 +366,10 @@ class _Copy:
         async def read() -> None:
             batch: list[bytes] = []
             batch_bytes = 0
+            limiter = self.limiter
             async for piece in self.source.read(info, chunk.offset, chunk.length):
+                if limiter is not None:
+                    await limiter.acquire(len(piece))
                 self.bytes_fetched += len(piece)
                 batch.append(piece)
                 batch_bytes += len(piece)
@@ -484,6 +497,7 @@ async def copy_file(
     cancel: asyncio.Event | None = None,
     resume_key: str | None = None,
     info: SourceInfo | None = None,
+    limiter: TokenBucket | None = None,
 ) -> CopyResult:
     """Copy ``source`` into ``sink``, verify it, and commit it to the final name.
 
@@ -503,6 +517,8 @@ async def copy_file(
     when it gives the size and the file is one chunk (or ranges are known to
     work), no separate stat request (HEAD/PROPFIND) is sent; the GET's
     response is checked against it instead.
+
+    ``limiter`` caps the read rate; share one among the files of a link to cap the link.
     """
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}")
@@ -512,7 +528,7 @@ async def copy_file(
     if resume_key is None:
         resume_key = hashlib.sha256(f"{source.url}\n{sink.url}".encode()).hexdigest()[:32]
     job = _Copy(source, sink, expected, verify, manifest, policy or ChunkPolicy(), resume_key,
-                info)
+                info, limiter)
     main = asyncio.ensure_future(job.run())
     watchers: list[asyncio.Future[Any]] = []
     if cancel is not None:

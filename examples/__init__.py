@@ -1,0 +1,1 @@
+"""Runnable examples of transferd in use; each one uses only the public client and CLI."""
