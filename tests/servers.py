@@ -356,6 +356,7 @@ class FaultKnobs:
     """What the proxy does to the bytes; read on every forwarded piece."""
 
     delay_s: float = 0.0  # before connecting upstream, per connection
+    request_latency_s: float = 0.0  # client→server bytes held this long (every request)
     throttle_bps: int | None = None  # server→client bytes per second
     reset_after_bytes: int | None = None  # RST a connection after this many bytes to the client
     reset_probability: float = 0.0  # RST with this probability per forwarded piece
@@ -447,6 +448,8 @@ class FaultProxy:
         async def up() -> None:
             while data := await creader.read(1 << 16):
                 await hold()
+                if self.knobs.request_latency_s:
+                    await asyncio.sleep(self.knobs.request_latency_s)
                 uwriter.write(data)
                 await uwriter.drain()
             uwriter.write_eof()

@@ -8,7 +8,8 @@ the counters' change since the last run into a ``policies.optimizer.LinkWindow``
 takes the pure step, and stores
 
 - ``td:opt:{link}`` hash: target, ema_bps, throughput_bps, success_rate,
-  max_active, ts and the counters as of ts (so a new leader continues);
+  max_active, ts and the counters as of ts (so a new leader continues); workers
+  add ``rtt_s``, an EMA of the quickest response per file (``record_rtt``);
 - ``td:opt:{link}:log`` list: the last ``decisions_kept`` decisions as JSON
   {ts, target, previous, rationale, inputs};
 - ``td:opt:links`` set: every link the optimizer has seen.
@@ -34,7 +35,7 @@ from transferd.states import FileState
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LinkBook", "host_pair", "publish_policy"]
+__all__ = ["LinkBook", "host_pair", "publish_policy", "record_rtt"]
 
 
 def _text(value: object) -> str:
@@ -60,6 +61,23 @@ async def publish_policy(redis: Redis, policy: Policy, namespace: str = "td") ->
         pipe.set(f"{namespace}:policy", json.dumps(policy.to_json()))
         pipe.set(f"{namespace}:fair:aging", policy.fairshare.priority_aging_files)
         await pipe.execute()
+
+
+# EMA of the round trip in td:opt:{link} (field rtt_s); workers add samples.
+_RTT_EMA = """
+local old = tonumber(redis.call('HGET', KEYS[1], 'rtt_s'))
+local sample = tonumber(ARGV[1])
+local new = sample
+if old then new = old + tonumber(ARGV[2]) * (sample - old) end
+redis.call('HSET', KEYS[1], 'rtt_s', tostring(new))
+return tostring(new)
+"""
+RTT_EMA_ALPHA = 0.3
+
+
+async def record_rtt(redis: Redis, link: str, rtt_s: float, namespace: str = "td") -> None:
+    """Fold one round-trip sample of ``link`` (seconds) into its EMA (read by chunk tuning)."""
+    await redis.eval(_RTT_EMA, 1, f"{namespace}:opt:{link}", repr(rtt_s), repr(RTT_EMA_ALPHA))
 
 
 class LinkBook:
@@ -238,6 +256,7 @@ class LinkBook:
                 "optimizer": policy.optimizer.enabled,
                 "throughput_bps": _num(opt.get("ema_bps")),
                 "last_throughput_bps": _num(opt.get("throughput_bps")),
+                "rtt_s": _num(opt["rtt_s"]) if opt.get("rtt_s") else None,
                 "success_rate": _num(opt["success_rate"]) if opt.get("success_rate") else None,
                 "successes": ok,
                 "failures": fail,

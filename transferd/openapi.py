@@ -336,6 +336,8 @@ _SCHEMAS["Link"] = {
         "max_active": {"type": "integer"}, "min_active": {"type": "integer"},
         "optimizer": {"type": "boolean"},
         "throughput_bps": {"type": "number"}, "last_throughput_bps": {"type": "number"},
+        "rtt_s": {"type": ["number", "null"],
+                  "description": "round-trip EMA from the workers' quickest responses"},
         "success_rate": {"type": ["number", "null"]},
         "success_rate_total": {"type": ["number", "null"]},
         "successes": {"type": "integer"}, "failures": {"type": "integer"},

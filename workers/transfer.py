@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 import redis.exceptions
+from redis.exceptions import RedisError
 from tenacity import (
     retry,
     retry_if_exception_type,
@@ -25,6 +26,7 @@ from tenacity import (
 from policies import retry as retry_policy
 from policies.chunking import tune
 from transferd.errors import Canceled, TransferError
+from transferd.links import record_rtt
 from transferd.models import FileRecord
 from transferd.ocm.exchange import share_headers
 from transferd.states import FileState
@@ -148,6 +150,9 @@ async def _copy(
             )
         finally:
             await source.aclose()
+            if source.rtt_s is not None:  # a round-trip sample for the link's chunk tuning
+                with contextlib.suppress(RedisError):
+                    await record_rtt(redis, record.link, source.rtt_s)
     except Canceled:
         await _stopped(rt, record, sink, why)
         return

@@ -51,6 +51,12 @@ class Entry:
 class Source(Protocol):
     url: str
 
+    @property
+    def rtt_s(self) -> float | None:
+        """The quickest response (request sent → headers in) seen so far: a round-trip
+        estimate for the link's chunk tuning; None for local files or before a request."""
+        ...
+
     async def stat(self) -> SourceInfo:
         """Size, validators, server checksums.  Raises NotFound, AuthError, RetryableError."""
         ...

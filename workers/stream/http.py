@@ -275,6 +275,9 @@ class HttpClient:
         self._basic = basic
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s,
                                              sock_read=read_timeout_s)
+        # the quickest response seen (request sent → status and headers in): the
+        # link's round trip plus the server's least think time
+        self.fastest_response_s: float | None = None
 
     async def headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         # identity: ranges must address the stored bytes, and a compressed body would
@@ -294,12 +297,17 @@ class HttpClient:
                       ) -> AsyncIterator[aiohttp.ClientResponse]:
         """The response when its status is in ``expect``; else the mapped error is raised."""
         hdrs = await self.headers(headers)
+        sent = time.monotonic()
         try:
             resp = await self.session.request(
                 method, url, headers=hdrs, data=data, allow_redirects=redirects,
                 timeout=self.timeout, auto_decompress=False)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise RetryableError(f"{method} {display} failed: {_describe(exc)}") from None
+        if data is None:  # an upload's answer waits for the body: no round-trip sample
+            took = time.monotonic() - sent
+            if self.fastest_response_s is None or took < self.fastest_response_s:
+                self.fastest_response_s = took
         try:
             if resp.status not in expect:
                 raise error_for_status(method, display, resp.status,
@@ -357,6 +365,10 @@ class HttpSource:
         self.response_checksums: dict[str, str] = {}
         # Whether a whole-file GET sends Want-Digest (off once stat()'s HEAD asked).
         self.ask_digests = True
+
+    @property
+    def rtt_s(self) -> float | None:
+        return self._client.fastest_response_s
 
     @classmethod
     def for_target(cls, target: Target, client: HttpClient,

@@ -108,6 +108,8 @@ def _info(url: str, st: os.stat_result) -> SourceInfo:
 class FileSource:
     """Reads a local file in large pieces; lists a local folder recursively."""
 
+    rtt_s: float | None = None  # no network in between
+
     def __init__(self, url: str) -> None:
         self.url = url
         self.path = path_of(url)
