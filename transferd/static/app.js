@@ -22,6 +22,7 @@ const state = {
   lastEventId: null,
   refreshTimer: null,
   sharesEnabled: null,
+  sharesTimer: null,   // coalesces re-counts of the Shares tab badge
 };
 
 // ---------------------------------------------------------------- helpers
@@ -239,6 +240,7 @@ function handleSse(block) {
     state.live = new Map(msg.jobs.map((j) => [j.job_id, j]));
     onProgress();
   } else if (event === "job" || event === "file") {
+    if (event === "job") scheduleSharesProbe();
     onChange(msg);
   }
 }
@@ -682,6 +684,16 @@ async function probeShares() {
   } catch (e) {
     state.sharesEnabled = e.status === 404 ? false : state.sharesEnabled;
   }
+}
+
+// A share arriving, accepted or declined changes its job's state: re-count the badge then,
+// so it is right on every tab, not only after a visit to Shares.
+function scheduleSharesProbe() {
+  if (state.sharesEnabled === false || state.sharesTimer) return;
+  state.sharesTimer = setTimeout(() => {
+    state.sharesTimer = null;
+    if (state.token) probeShares();
+  }, 1000);
 }
 
 function viewShares(app) {
