@@ -200,6 +200,10 @@ class Client:
         """GET /policy: the policy in force."""
         return self._request("GET", "/policy")
 
+    def summary(self) -> dict[str, Any]:
+        """GET /summary: the dashboard's overview as this principal sees it (for ``top``)."""
+        return self._request("GET", "/summary")
+
     # -- transport --------------------------------------------------------
 
     def _request(

@@ -6,9 +6,10 @@ every later file transition is one Lua script (transferd/store_lua.py) that is
 fed the allowed transitions from ``transferd.states.FILE_TRANSITIONS`` and
 updates the file, the job's counters, totals and state, the queues and the
 event stream together.  Steps that touch every file of a large job (cancel,
-retry, accept, expire) run as a sequence of bounded scripts so Redis is never
-blocked for long; the first one sets the job flag that makes the rest safe
-against racing workers (a canceled job's files cannot be claimed).
+retry, accept, expire) run as a sequence of bounded scripts
+(transferd/store_lua_jobs.py) so Redis is never blocked for long; the first
+one sets the job flag that makes the rest safe against racing workers (a
+canceled job's files cannot be claimed).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from itertools import chain
 from typing import Any, TypeVar
@@ -27,8 +28,8 @@ from redis.exceptions import WatchError
 
 from policies import retry as retry_policy
 from policies.routing import RouteRule, link_of, route
-from transferd import store_lua
-from transferd.models import FileRecord, Job, JobParams, JobRequest, Principal
+from transferd import store_lua, store_lua_jobs
+from transferd.models import FileRecord, Job, JobRequest, Principal
 from transferd.states import (
     FILE_TRANSITIONS,
     JOB_TERMINAL,
@@ -37,6 +38,7 @@ from transferd.states import (
     JobState,
     job_state,
 )
+from transferd.store_records import as_text, decode_hash, file_from_hash, job_from_hash
 
 MAX_FILES_PER_JOB = 100_000
 IDEMPOTENCY_TTL_S = 24 * 3600
@@ -56,78 +58,6 @@ def _edge(event: FileEvent) -> tuple[str, str]:
     """The allowed from-states (comma-separated) and the target of ``event``, for a script."""
     sources, target = FILE_TRANSITIONS[event]
     return ",".join(sorted(s.value for s in sources)), target.value
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _decode_hash(raw: Any) -> dict[str, str]:
-    """A Redis hash as str → str, from HGETALL's mapping or a script's flat list."""
-    if isinstance(raw, Mapping):
-        return {_text(k): _text(v) for k, v in raw.items()}
-    return {_text(raw[i]): _text(raw[i + 1]) for i in range(0, len(raw), 2)}
-
-
-def _opt_float(h: Mapping[str, str], key: str) -> float | None:
-    value = h.get(key)
-    return float(value) if value else None
-
-
-def _opt_int(h: Mapping[str, str], key: str) -> int | None:
-    value = h.get(key)
-    return int(value) if value else None
-
-
-def _opt_str(h: Mapping[str, str], key: str) -> str | None:
-    return h.get(key) or None
-
-
-def _job_from_hash(h: Mapping[str, str]) -> Job:
-    return Job(
-        job_id=h["job_id"],
-        state=JobState(h["state"]),
-        owner=h["owner"],
-        submitter=h["submitter"],
-        params=JobParams.from_json(json.loads(h["params"])),
-        created_at=float(h["created_at"]),
-        updated_at=float(h.get("updated_at") or h["created_at"]),
-        started_at=_opt_float(h, "started_at"),
-        finished_at=_opt_float(h, "finished_at"),
-        files_total=int(h.get("files_total") or 0),
-        files_by_state={s: int(h.get(f"n:{s.value}") or 0) for s in FileState},
-        bytes_total=int(h.get("bytes_total") or 0),
-        bytes_done=int(h.get("bytes_done") or 0),
-        rate_bps=max(0.0, float(h.get("rate_bps") or 0.0)),
-        cancel_requested=h.get("cancel_requested") == "1",
-    )
-
-
-def _file_from_hash(h: Mapping[str, str]) -> FileRecord:
-    return FileRecord(
-        file_id=h["file_id"],
-        job_id=h["job_id"],
-        index=int(h["index"]),
-        source=h["source"],
-        destination=h["destination"],
-        state=FileState(h["state"]),
-        size=_opt_int(h, "size"),
-        checksum=_opt_str(h, "checksum"),
-        verified_checksum=_opt_str(h, "verified_checksum"),
-        bytes_done=int(h.get("bytes_done") or 0),
-        rate_bps=float(h.get("rate_bps") or 0.0),
-        attempts=int(h.get("attempts") or 0),
-        error_class=_opt_str(h, "error_class"),
-        reason=_opt_str(h, "reason"),
-        not_before=_opt_float(h, "not_before"),
-        backend=h["backend"],
-        link=h["link"],
-        lease_owner=_opt_str(h, "lease_owner"),
-        lease_until=_opt_float(h, "lease_until"),
-        started_at=_opt_float(h, "started_at"),
-        finished_at=_opt_float(h, "finished_at"),
-        metadata=json.loads(h["metadata"]) if h.get("metadata") else {},
-    )
 
 
 def deadline_ts(deadline: str | None) -> float | None:
@@ -177,10 +107,10 @@ class JobStore:
         self._dispatch_fair = load(store_lua.DISPATCH_FAIR)
         self._promote = load(store_lua.PROMOTE_DELAYED)
         self._reap = load(store_lua.REAP)
-        self._cancel = load(store_lua.CANCEL_BATCH)
-        self._retry = load(store_lua.RETRY_BATCH)
-        self._accept = load(store_lua.ACCEPT_BATCH)
-        self._expire = load(store_lua.EXPIRE_BATCH)
+        self._cancel = load(store_lua_jobs.CANCEL_BATCH)
+        self._retry = load(store_lua_jobs.RETRY_BATCH)
+        self._accept = load(store_lua_jobs.ACCEPT_BATCH)
+        self._expire = load(store_lua_jobs.EXPIRE_BATCH)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
@@ -311,18 +241,18 @@ class JobStore:
 
     async def _job_for_key(self, idem_key: str) -> Job | None:
         job_id = await self.redis.get(idem_key)
-        return await self.get_job(_text(job_id)) if job_id is not None else None
+        return await self.get_job(as_text(job_id)) if job_id is not None else None
 
     async def get_job(self, job_id: str) -> Job | None:
         raw = await self.redis.hgetall(self._k("job", job_id))
-        return _job_from_hash(_decode_hash(raw)) if raw else None
+        return job_from_hash(decode_hash(raw)) if raw else None
 
     async def _get_jobs(self, job_ids: Sequence[str]) -> list[Job | None]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
                 pipe.hgetall(self._k("job", job_id))
             raws = await pipe.execute()
-        return [_job_from_hash(_decode_hash(r)) if r else None for r in raws]
+        return [job_from_hash(decode_hash(r)) if r else None for r in raws]
 
     async def list_jobs(
         self,
@@ -355,7 +285,7 @@ class JobStore:
             if not rows:
                 return page, None
             offset += len(rows)
-            entries = [(_text(row[0]), float(row[1])) for row in rows]
+            entries = [(as_text(row[0]), float(row[1])) for row in rows]
             # equal scores come in descending member order: skip up to the cursor's member
             entries = [
                 (m, s) for m, s in entries if after is None or s < after[0] or m < after[1]
@@ -373,14 +303,14 @@ class JobStore:
 
     async def get_file(self, file_id: str) -> FileRecord | None:
         raw = await self.redis.hgetall(self._k("file", file_id))
-        return _file_from_hash(_decode_hash(raw)) if raw else None
+        return file_from_hash(decode_hash(raw)) if raw else None
 
     async def _get_files(self, file_ids: Iterable[str]) -> list[FileRecord]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for file_id in file_ids:
                 pipe.hgetall(self._k("file", file_id))
             raws = await pipe.execute()
-        return [_file_from_hash(_decode_hash(r)) for r in raws if r]
+        return [file_from_hash(decode_hash(r)) for r in raws if r]
 
     async def list_files(
         self,
@@ -402,7 +332,7 @@ class JobStore:
             start, "+inf", start=0, num=limit + 1, withscores=True,
         )  # fmt: skip
         next_cursor = str(int(rows[limit][1])) if len(rows) > limit else None
-        return await self._get_files(_text(row[0]) for row in rows[:limit]), next_cursor
+        return await self._get_files(as_text(row[0]) for row in rows[:limit]), next_cursor
 
     async def cancel_job(self, job_id: str) -> Job | None:
         """Cancel every SUBMITTED and ACTIVE file now; terminal jobs stay as they are."""
@@ -453,7 +383,7 @@ class JobStore:
         due = await self.redis.zrangebyscore(self._k("deadlines"), "-inf", now)
         expired: list[str] = []
         for raw in due:
-            job_id = _text(raw)
+            job_id = as_text(raw)
             remaining = int(
                 await self._run(self._expire, now, job_id, BATCH_FILES, fail_from, fail_to)
             )
@@ -469,7 +399,7 @@ class JobStore:
     # -- scheduler side ----------------------------------------------------------
     async def links(self) -> list[str]:
         """Links that have queued files."""
-        return sorted(_text(m) for m in await self.redis.smembers(self._k("links")))
+        return sorted(as_text(m) for m in await self.redis.smembers(self._k("links")))
 
     async def promote_delayed(self, now: float) -> int:
         """Queue the files whose retry delay is over; returns how many."""
@@ -487,11 +417,11 @@ class JobStore:
         flat = await self._run(
             self._dispatch, now, link, limit, repr(now + self.dispatch_timeout_s), claim_from
         )
-        return [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
+        return [(as_text(flat[i]), as_text(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     async def flow_queues(self, link: str) -> dict[str, int]:
         """The link's fair-share flows ("tenant|activity") with files queued: flow → count."""
-        flows = sorted(_text(m) for m in await self.redis.smembers(self._k("qflows", link)))
+        flows = sorted(as_text(m) for m in await self.redis.smembers(self._k("qflows", link)))
         if not flows:
             return {}
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -513,7 +443,7 @@ class JobStore:
             claim_from, *flows,
         )  # fmt: skip
         return [
-            (_text(flat[i]), _text(flat[i + 1]), _text(flat[i + 2]))
+            (as_text(flat[i]), as_text(flat[i + 1]), as_text(flat[i + 2]))
             for i in range(0, len(flat), 3)
         ]
 
@@ -531,7 +461,7 @@ class JobStore:
                 self._reap, now, SCAN_BATCH,
                 requeue_from, requeue_to, fail_from, fail_to, claim_from,
             )  # fmt: skip
-            reaped += [_text(x) for x in out[2:]]
+            reaped += [as_text(x) for x in out[2:]]
             if int(out[0]) < SCAN_BATCH and int(out[1]) < SCAN_BATCH:
                 return reaped
 
@@ -544,7 +474,7 @@ class JobStore:
         raw = await self._run(
             self._claim, now, file_id, worker_id, repr(float(lease_s)), claim_from, claim_to
         )
-        return _file_from_hash(_decode_hash(raw)) if raw else None
+        return file_from_hash(decode_hash(raw)) if raw else None
 
     async def heartbeat(
         self,
@@ -619,7 +549,7 @@ class JobStore:
             int(decision.retry), repr(stamp + decision.delay_s), attempts,
             requeue_from, requeue_to, fail_from, fail_to,
         )  # fmt: skip
-        return FileState(_text(result))
+        return FileState(as_text(result))
 
     async def release(self, file_id: str, worker_id: str, *, now: float | None = None) -> bool:
         """Give a file back (the worker is shutting down): queued again, attempt not counted."""
@@ -635,7 +565,7 @@ class JobStore:
         """The job's ACTIVE files (for cancel fan-out to backends like FTS or Rucio)."""
         key = self._k("job", job_id, "files", FileState.ACTIVE.value)
         ids = await self.redis.zrange(key, 0, -1)
-        return await self._get_files(_text(i) for i in ids)
+        return await self._get_files(as_text(i) for i in ids)
 
     async def events(
         self, last_id: str = "0-0", count: int = 100, block_ms: int | None = None
@@ -648,7 +578,7 @@ class JobStore:
         out: list[tuple[str, dict[str, str]]] = []
         for _, entries in streams:
             for entry_id, fields in entries:
-                out.append((_text(entry_id), _decode_hash(fields)))
+                out.append((as_text(entry_id), decode_hash(fields)))
         return out
 
 

@@ -20,7 +20,7 @@ from rich.text import Text
 
 from transferd.client import Client, Unreachable
 
-__all__ = ["fetch_summary", "render", "run_top"]
+__all__ = ["render", "run_top"]
 
 UNREACHABLE_GRACE_S = 15.0
 _BLOCKS = " ▁▂▃▄▅▆▇█"
@@ -126,23 +126,18 @@ def render(summary: dict[str, Any]) -> RenderableType:
     return Group(*parts)
 
 
-def fetch_summary(client: Client) -> dict[str, Any]:
-    """GET /api/v1/summary through the client's transport (errors as for every call)."""
-    return client._request("GET", "/summary")
-
-
 def run_top(client: Client, *, interval_s: float = 2.0, once: bool = False,
             out: TextIO | None = None) -> int:
     """Show the overview until Ctrl-C (or once); returns an exit code (0)."""
     console = Console(file=out) if out is not None else Console()
     if once:
-        console.print(render(fetch_summary(client)))
+        console.print(render(client.summary()))
         return 0
     last_answer = time.monotonic()
     with Live(console=console, auto_refresh=False, screen=console.is_terminal) as live:
         while True:
             try:
-                live.update(render(fetch_summary(client)), refresh=True)
+                live.update(render(client.summary()), refresh=True)
                 last_answer = time.monotonic()
             except Unreachable:
                 if time.monotonic() - last_answer > UNREACHABLE_GRACE_S:

@@ -33,7 +33,7 @@ def parse_duration(text: str) -> float:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from transferd.cli import _client as make_client
+    from transferd.cli_jobs import make_client
 
     return make_client(args)
 
@@ -69,7 +69,7 @@ def cmd_shares_decline(args: argparse.Namespace) -> int:
 
 
 def cmd_share(args: argparse.Namespace) -> int:
-    from transferd.cli import UsageError
+    from transferd.cli_exit import UsageError
 
     client = _client(args)
     if args.revoke:
