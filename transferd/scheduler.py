@@ -166,7 +166,10 @@ class Scheduler:
                 room = min(room, dst_cap - by_dest.get(dst, 0))
             if room <= 0:
                 continue
-            sent = await self._fill(link, room, targets[link], now, policy)
+            # the store fills a link up to a total in flight: hand it the total the host
+            # caps allow, not the link's target, or the link-queue-only path overshoots
+            limit = inflight.get(link, 0) + room
+            sent = await self._fill(link, room, limit, now, policy)
             by_source[src] = by_source.get(src, 0) + len(sent)
             by_dest[dst] = by_dest.get(dst, 0) + len(sent)
             messages += [transfer_message(backend, file_id) for file_id, backend in sent]
@@ -175,15 +178,17 @@ class Scheduler:
         return len(messages)
 
     async def _fill(
-        self, link: str, room: int, target: int, now: float, policy: Policy
+        self, link: str, room: int, limit: int, now: float, policy: Policy
     ) -> list[tuple[str, str]]:
+        """Dispatch up to ``room`` files of ``link``; ``limit`` is the in-flight total
+        the store may fill the link to."""
         flows = await self.store.flow_queues(link)
         if not flows:
             # files queued before flows existed sit only in the link queue
-            return await self.store.dispatch(link, target, now)
+            return await self.store.dispatch(link, limit, now)
         picks = fairshare.pick(flows, room, self._passes.get(link, {}), policy.fairshare)
         self._passes[link] = picks.passes
-        sent = await self.store.dispatch_fair(link, target, now, picks.flows)
+        sent = await self.store.dispatch_fair(link, limit, now, picks.flows)
         return [(file_id, backend) for file_id, backend, _flow in sent]
 
     def _enqueue(self, messages: list[Message[None]]) -> None:
