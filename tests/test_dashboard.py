@@ -329,7 +329,9 @@ def test_event_stream_is_tenant_filtered_and_resumes_from_last_event_id(
                                    "destination": f"file://{dest}/{name}"}], {})["job_id"])
 
     first_bob, first_alice = job(bob, "b1"), job(alice, "a1")
-    jobs_seen = lambda evs: {e["data"]["job_id"] for e in evs if e["event"] == "job"}  # noqa: E731
+    def jobs_seen(evs: list[dict[str, Any]]) -> set[str]:
+        return {e["data"]["job_id"] for e in evs if e["event"] == "job"}
+
     resumed = read_events(node.url, tokens["alice"], lambda evs: first_alice in jobs_seen(evs),
                           last_event_id="0-0")
     assert jobs_seen(resumed) == {first_alice}  # bob's job was in the stream, but not for alice

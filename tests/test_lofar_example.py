@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from examples.lofar.archive import read_visibilities
+from policies.policy import load_policy
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = [sys.executable, "-m", "examples.lofar"]
@@ -91,6 +92,16 @@ def test_pipeline_survives_dropped_connections(tmp_path: Path) -> None:
     assert fzj["retries"] >= 1 and "resets injected" in fzj["note"]
     assert int(fzj["note"].split()[0]) >= 1  # the proxy really reset connections
     assert fzj["verified"] == fzj["files"] == 2
+    # resume by chunk: a reset costs at most the chunk it cut, never the whole subband
+    chunk_bytes = report["chunk_bytes"]
+    assert chunk_bytes == 512 * 1024  # a quarter of a 2 MiB subband
+    policy = load_policy(Path(report["work_dir"]) / "processing" / "policy.toml")
+    assert policy.chunking.chunk_size_bytes == policy.chunking.max_chunk_bytes == chunk_bytes
+    link = report["faulty_link"]
+    assert link["resets"] >= 1 and link["bytes_needed"] == fzj["bytes"]
+    resent = link["bytes_sent"] - link["bytes_needed"]
+    http_headers = 64 * 1024  # the link also carries every response's headers
+    assert 0 <= resent <= link["resets"] * chunk_bytes + http_headers, link
     assert_krakow_has_products(report)
     assert processes_mentioning(report["work_dir"]) == []
 

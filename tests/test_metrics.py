@@ -65,7 +65,10 @@ def test_metrics_agree_with_the_api(
         {"source": f"{nginx_server.url}/b.bin", "destination": f"file://{dest}/c.bin",
          "checksum": wrong}], {"max_retries": 0})["job_id"]
     for job_id in (good, missing, corrupt, refused):
-        wait_until(lambda j=job_id: client.job(j)["state"] in TERMINAL, 60, f"job {job_id}")
+        def ended(j: str = job_id) -> bool:
+            return client.job(j)["state"] in TERMINAL
+
+        wait_until(ended, 60, f"job {job_id}")
 
     jobs = ops.jobs()["jobs"]
     assert {j["job_id"]: j["state"] for j in jobs} == {

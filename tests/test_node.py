@@ -7,6 +7,7 @@ import signal
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import redis
@@ -38,8 +39,9 @@ def job_state(client: Client, job_id: str) -> str:
     return str(client.job(job_id)["state"])
 
 
-def wait_state(client: Client, job_id: str, states: set[str], timeout_s: float = 60) -> dict:
-    def done() -> dict | None:
+def wait_state(client: Client, job_id: str, states: set[str], timeout_s: float = 60
+               ) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
         job = client.job(job_id)
         return job if job["state"] in states else None
 
@@ -194,10 +196,10 @@ def test_worker_killed_mid_file_is_reaped_and_resumed(
     wait_until(lambda: proxy.open_sockets == 0, 30, "the killed worker's connections to end")
     sent_before = proxy.bytes_to_client
     file_id = f"{job_id}.0"
-    done_chunks = sum(
-        1 for k in redis.Redis(port=redis_server.port).hkeys(f"td:manifest:{file_id}")
-        if k.startswith(b"c:")
-    )
+    # no decode_responses: the client answers bytes
+    manifest_keys = cast(
+        "list[bytes]", redis.Redis(port=redis_server.port).hkeys(f"td:manifest:{file_id}"))
+    done_chunks = sum(1 for k in manifest_keys if k.startswith(b"c:"))
     assert done_chunks > 0, "no chunk was recorded before the kill"
     missing = size - done_chunks * 8 * MiB
     second = _start_worker(redis_server.url, "--lease-s", "3", "--chunk-size", "8M")
@@ -242,16 +244,18 @@ def test_leader_killed_another_node_takes_over(
     first = node_factory(allow_roots=[dest], workers=2)
     second = node_factory(allow_roots=[dest], workers=2)
     r = redis.Redis(port=redis_server.port)
-    leader = wait_until(lambda: r.get("td:leader"), 10, "a leader")
-    leader_pid = int(leader.split(b":")[1])  # type: ignore[union-attr]
+    leader = cast(bytes, wait_until(lambda: r.get("td:leader"), 10, "a leader"))
+    leader_pid = int(leader.split(b":")[1])
     nodes = {first.proc.popen.pid: first, second.proc.popen.pid: second}
     dead = nodes.pop(leader_pid)
     survivor = next(iter(nodes.values()))
     dead.proc.kill9()
-    new_leader = wait_until(
-        lambda: (v := r.get("td:leader")) and int(v.split(b":")[1]) == survivor.proc.popen.pid,
-        15, "the survivor to lead",
-    )
+
+    def survivor_leads() -> bytes | bool | None:
+        v = cast("bytes | None", r.get("td:leader"))
+        return v and int(v.split(b":")[1]) == survivor.proc.popen.pid
+
+    new_leader = wait_until(survivor_leads, 15, "the survivor to lead")
     assert new_leader
     client = Client(survivor.url, create_token("lofar", "submitter", redis_url=redis_server.url))
     job_id = client.submit(

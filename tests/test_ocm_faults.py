@@ -6,6 +6,7 @@ import http.client
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit
 
 import pytest
@@ -28,7 +29,8 @@ def raw_request(base: str, method: str, path: str, token: str | None,
                 headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """A request whose path goes on the wire exactly as given (no dot-segment cleanup)."""
     parts = urlsplit(base)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    # base is always http://host:port, so there is a hostname
+    conn = http.client.HTTPConnection(cast(str, parts.hostname), parts.port, timeout=30)
     all_headers = dict(headers or {})
     if token is not None:
         all_headers["Authorization"] = f"Bearer {token}"
@@ -60,7 +62,9 @@ def test_export_guards(
     write_directory(mesh, [a.host, b.host])
     sent = a.api("POST", "/ocm/sent", {"to": f"bob@{b.host}", "path": str(outbox / "data")})
     share = pending_share(b)
-    secret = redis.Redis.from_url(b.redis_url).get(f"td:ocm:secret:{share['id']}")
+    # no decode_responses: the client answers bytes
+    secret = cast("bytes | None",
+                  redis.Redis.from_url(b.redis_url).get(f"td:ocm:secret:{share['id']}"))
     assert secret
     good = secret.decode()
     base = f"/ocm/webdav/{sent['id']}"

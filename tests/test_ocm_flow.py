@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -108,7 +108,9 @@ def test_invite_share_accept_transfer_notify(
     assert b.client.job(share["job_id"])["state"] == "AWAITING_ACCEPTANCE"
     tx = b.api("GET", f"/transfers/{share['job_id']}")
     assert tx["status"] == "STATUS_TRANSFER_AWAITING_ACCEPTANCE" and tx["status_code"] == 3
-    secret = redis.Redis.from_url(b.redis_url).get(f"td:ocm:secret:{share['id']}")
+    # no decode_responses: the client answers bytes
+    secret = cast("bytes | None",
+                  redis.Redis.from_url(b.redis_url).get(f"td:ocm:secret:{share['id']}"))
     assert secret
 
     listed = b.cli("shares", "ls", "--state", "pending")

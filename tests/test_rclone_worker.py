@@ -6,6 +6,7 @@ import os
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,15 +26,15 @@ def adler32_hex(data: bytes) -> str:
 
 
 def wait_job(client: Client, job_id: str, states: set[str] = TERMINAL, timeout_s: float = 60
-             ) -> dict:
-    def reached() -> dict | None:
+             ) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
         job = client.job(job_id)
         return job if job["state"] in states else None
 
     return wait_until(reached, timeout_s, f"job {job_id} in {states}")  # type: ignore[return-value]
 
 
-def only_file(client: Client, job_id: str) -> dict:
+def only_file(client: Client, job_id: str) -> dict[str, Any]:
     files = client.files(job_id)["files"]
     assert len(files) == 1
     return files[0]  # type: ignore[no-any-return]

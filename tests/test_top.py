@@ -28,7 +28,10 @@ def test_top_once_shows_the_overview(
     failed = client.submit([{"source": f"{nginx_server.url}/gone.bin",
                              "destination": f"file://{dest}/gone.bin"}], {"max_retries": 0})
     for job_id in (done, failed["job_id"]):
-        wait_until(lambda j=job_id: client.job(j)["state"] in {"FINISHED", "FAILED"}, 30)
+        def ended(j: str = job_id) -> bool:
+            return client.job(j)["state"] in {"FINISHED", "FAILED"}
+
+        wait_until(ended, 30)
     # the 24 h tiles come from the node's event sampler, which runs every second
     def frame() -> str | None:
         out = subprocess.run(
