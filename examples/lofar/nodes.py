@@ -68,11 +68,14 @@ class TransferdNode:
     """One `transferd serve` on the embedded default (its own redis-server in ``state_dir``)."""
 
     def __init__(self, name: str, home: Path, *, ocm_toml: str, allow_roots: list[Path],
-                 workers: int = 4) -> None:
+                 workers: int = 4, policy_toml: str | None = None) -> None:
         self.name = name
         self.home = home
         self.state_dir = home / "state"
         self.config = home / "transferd.toml"
+        # `transferd serve --policy FILE` overlays the shipped policies/default.toml
+        self.policy = home / "policy.toml" if policy_toml is not None else None
+        self._policy_toml = policy_toml
         self.log_path = home / "serve.log"
         self.allow_roots = allow_roots
         self.workers = workers
@@ -93,6 +96,9 @@ class TransferdNode:
         args = [*transferd_command(), "serve", "--host", "127.0.0.1", "--port", "0",
                 "--state-dir", str(self.state_dir), "--config", str(self.config),
                 "--workers", str(self.workers)]
+        if self.policy is not None and self._policy_toml is not None:
+            self.policy.write_text(self._policy_toml)
+            args += ["--policy", str(self.policy)]
         for root in self.allow_roots:
             args += ["--allow-root", str(root)]
         with self.log_path.open("wb") as log:

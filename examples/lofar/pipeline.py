@@ -1,7 +1,10 @@
 """The LOFAR pipeline: archives (SURF, FZJ) → processing → 64× average → Kraków over OCM.
 
 Stage 1 submits ONE bulk job for every subband at both archives, with the
-adler32 values the archives record, and follows it with ``transferd watch``.
+adler32 values the archives record, and follows it with ``transferd watch``;
+the processing node runs with a policy file of its own (``--policy``: chunks of
+a quarter subband, one stream per file), so a copy cut off by a reset resumes
+from the chunks it lacks instead of starting the subband again.
 Stage 2 averages each subband's visibilities over 64 channels (numpy).
 Stage 3 shares the products folder with ``imaging@<Kraków>`` over OCM
 (``transferd share``); Kraków accepts (``transferd shares accept``) and its own
@@ -25,7 +28,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -36,7 +39,7 @@ from examples.lofar.reduce import PRODUCTS_MANIFEST, reduce_all
 from examples.lofar.report import Row, human_bytes, render, write_json
 from examples.lofar.sites import ArchiveSite, FaultyLink, ServerLoop
 
-__all__ = ["main", "parse_size"]
+__all__ = ["chunk_bytes_for", "main", "parse_size"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -45,6 +48,8 @@ KRAKOW_USER = "imaging"
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmg]?)i?b?$", re.IGNORECASE)
 _SHARE_TIMEOUT_S = 60.0
 _NOTICE_TIMEOUT_S = 30.0
+CHUNKS_PER_SUBBAND = 4
+_MIN_CHUNK_BYTES = 64 << 10
 
 
 def parse_size(text: str) -> int:
@@ -97,6 +102,29 @@ def _ocm_toml(provider: str, mesh: Path, user: str, root: Path, auto_accept: boo
         'tenant = "lofar"',
         f'root = "{root}"',
         f"auto_accept = {str(auto_accept).lower()}",
+        "",
+    ])
+
+
+def chunk_bytes_for(subband_size: int) -> int:
+    """The processing node's chunk size: a quarter of a subband (at least 64 KiB)."""
+    return max(_MIN_CHUNK_BYTES, subband_size // CHUNKS_PER_SUBBAND)
+
+
+def _policy_toml(chunk_bytes: int) -> str:
+    return "\n".join([
+        "# The processing node's policy (transferd serve --policy FILE, over the shipped",
+        "# defaults).  A subband is smaller than the default 64 MiB chunk, so a copy cut",
+        "# off part-way would start again from its first byte; with chunks of a quarter",
+        "# subband, a retry fetches only the chunks the earlier attempt did not finish.",
+        "[chunking]",
+        f"chunk_size_bytes = {chunk_bytes}",
+        f"min_chunk_bytes = {chunk_bytes}",
+        f"max_chunk_bytes = {chunk_bytes}  # or a fast link's tuning makes chunks larger",
+        "# One stream per file: the workers already copy several subbands at once, and a",
+        "# reset fails the whole attempt, so parallel chunks of the same file in flight",
+        "# would be lost with it.  One stream loses only the chunk it was reading.",
+        "max_streams = 1",
         "",
     ])
 
@@ -171,9 +199,11 @@ class Pipeline:
 
     def start_nodes(self) -> None:
         at = self.at
+        self.chunk_bytes = chunk_bytes_for(self.args.subband_size)
         self.proc = TransferdNode(
             "processing", at.proc, allow_roots=[at.proc],
-            ocm_toml=_ocm_toml("LOFAR processing", at.mesh, "pipeline", at.proc, False))
+            ocm_toml=_ocm_toml("LOFAR processing", at.mesh, "pipeline", at.proc, False),
+            policy_toml=_policy_toml(self.chunk_bytes))
         self.krakow = TransferdNode(
             "Kraków", at.krakow, allow_roots=[],
             ocm_toml=_ocm_toml("PSNC Kraków", at.mesh, KRAKOW_USER, at.imaging, False))
@@ -184,6 +214,9 @@ class Pipeline:
             node.wait_ready()
             say(f"{node.name} node: transferd serve on {node.url} (embedded redis-server in "
                 f"{node.state_dir})")
+        say(f"processing node: {human_bytes(self.chunk_bytes)} chunks (--policy "
+            f"{self.proc.policy}), so a copy cut off resumes from the chunks it lacks")
+        self.extra["chunk_bytes"] = self.chunk_bytes
         write_mesh(at.mesh, [self.proc.host, self.krakow.host])
         self.extra["krakow_dir"] = str(at.imaging / OBSERVATION)
 
@@ -208,6 +241,8 @@ class Pipeline:
             writer.writerow(["source", "destination", "size", "checksum"])
             writer.writerows(manifest_rows)
         key = f"lofar-{OBSERVATION}-stage1-{self.at.work.name}"
+        # what the faulty link carried before the copies (the manifest) is not theirs
+        link_before = replace(self.link.stats) if self.link is not None else None
         job_id = self.proc.run("submit", "--manifest", str(job_manifest), "--priority", "4",
                                "--activity", "lofar-staging", "--max-retries", "10",
                                "--retry-delay", "0.5", "--idempotency-key", key).strip()
@@ -229,15 +264,18 @@ class Pipeline:
                     r.get("verified_checksum") == f"adler32:{expected['adler32']}"
                 md5_ok = copy.is_file() and md5_hex(copy) == expected["md5"]
                 verified += adler_ok and md5_ok
+            needed = sum(int(r["size"] or 0) for r in mine)
             note = ""
-            if site == "FZJ" and self.link is not None:
-                stats = self.link.stats
-                note = (f"{stats.resets} resets injected, "
-                        f"{human_bytes(stats.bytes_to_client)} sent through the faulty link")
+            if site == "FZJ" and self.link is not None and link_before is not None:
+                resets = self.link.stats.resets - link_before.resets
+                sent = self.link.stats.bytes_to_client - link_before.bytes_to_client
+                note = (f"{resets} resets injected; {human_bytes(sent)} sent through the "
+                        f"faulty link for {human_bytes(needed)} needed")
+                self.extra["faulty_link"] = {"resets": resets, "bytes_sent": sent,
+                                             "bytes_needed": needed}
             self.rows.append(Row(
-                "1 stage-in", f"{site} → processing", len(mine),
-                sum(int(r["size"] or 0) for r in mine), _span_s(mine), verified, len(mine),
-                "adler32+md5", _retries(mine), note, str(self.at.raw)))
+                "1 stage-in", f"{site} → processing", len(mine), needed, _span_s(mine),
+                verified, len(mine), "adler32+md5", _retries(mine), note, str(self.at.raw)))
         self.extra["stage1_job"] = job_id
         return sorted(self.at.raw.glob("*.tar"))
 
