@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urljoin
 
 import pytest
 import redis
@@ -82,6 +83,15 @@ def test_invite_share_accept_transfer_notify(
     assert {"notifications", "invites", "exchange-token", "http-sig"} <= set(disc["capabilities"])
     assert disc["tokenEndPoint"] and disc["jwksUri"]
     assert json.loads(urllib.request.urlopen(f"{b.node.url}/ocm-provider").read()) == disc
+    # what a peer needs to pick a protocol: both resource types, user shares, both webdav roles
+    assert (disc["enabled"], disc["provider"], disc["criteria"]) == (True, "b", [])
+    assert sorted(r["name"] for r in disc["resourceTypes"]) == ["file", "folder"]
+    for rtype in disc["resourceTypes"]:
+        assert rtype["shareTypes"] == ["user"]
+        assert {"webdav", "webdav-receive"} <= set(rtype["protocols"])
+    a_disc = json.loads(urllib.request.urlopen(f"{a.node.url}/.well-known/ocm").read())
+    assert a_disc["provider"] == "a"
+    a_webdav = urljoin(a.node.url, a_disc["resourceTypes"][0]["protocols"]["webdav"])
 
     # invite: B invites, A accepts; both list each other as contacts
     made = b.cli("invite", "create")
@@ -98,6 +108,12 @@ def test_invite_share_accept_transfer_notify(
     sent = a.cli("share", "--to", f"bob@{b.host}", str(outbox / "run42"), "--expires", "7d")
     assert sent.returncode == 0, sent.stderr
     sent_id = sent.stdout.strip()
+    # the advertised webdav path is where the share is exported (and it wants the secret)
+    try:
+        urllib.request.urlopen(urllib.request.Request(f"{a_webdav}{sent_id}/", method="HEAD"))
+        raise AssertionError("the export answered without credentials")
+    except urllib.error.HTTPError as err:
+        assert err.code == 401
     pending = wait_until(lambda: b.api("GET", "/shares", query={"state": "pending"})["shares"],
                          30, "the share to arrive")
     share = pending[0]  # type: ignore[index]
@@ -189,6 +205,8 @@ def test_share_refusals(
                        criteria=["must-use-http-sig"])
     write_directory(mesh, [a.host, c.host])
     url = f"{c.node.url}/ocm/shares"
+    disc = json.loads(urllib.request.urlopen(f"{c.node.url}/.well-known/ocm").read())
+    assert (disc["provider"], disc["criteria"]) == ("c", ["must-use-http-sig"])
 
     def share(**over: Any) -> dict[str, Any]:
         body = {"shareWith": f"bob@{c.host}", "name": "one.bin", "providerId": "p-1",

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
+import threading
+import urllib.error
+import urllib.request
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.node_proc import Node, create_token, wait_until
+from tests.ocm_nodes import OcmPeer, start_ocm_node, write_directory
+from tests.peers import LoopThread
 from tests.redis_server import RedisServer
-from tests.servers import FaultProxy, NginxServer, RcloneWebdav
+from tests.servers import FaultProxy, NginxServer, RcloneWebdav, _make_wsgidav_app
 from transferd.client import Client
 from transferd.errors import AuthError, Canceled, DiskFull, NotFound, RetryableError
-from workers.rclone import classify_error, split_endpoint
+from workers.rclone import RcError, RcloneDaemon, classify_error, split_endpoint
 
 MiB = 1024 * 1024
 TERMINAL = {"FINISHED", "FINISHEDDIRTY", "FAILED", "CANCELED"}
@@ -198,3 +206,173 @@ def test_cancel_mid_copy_stops_rclone(
     assert moved < 40 * MiB
     assert not (dest / "slow.bin").exists()
     assert proxy.bytes_to_client == moved
+
+
+# -- bearer tokens on an on-the-fly WebDAV remote -------------------------------------------
+
+TOKEN = "rclone-bearer-5c0ffee7d1"
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    agent: str
+    allowed: bool
+
+
+@dataclass
+class BearerWebdav:
+    """wsgidav behind a check for ``Authorization: Bearer <token>`` (the token may change)."""
+
+    root: Path
+    port: int
+    token: str
+    seen: list[Seen] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def rclone_requests(self) -> list[Seen]:
+        return [r for r in self.seen if r.agent.startswith("rclone/")]
+
+
+@pytest.fixture
+def bearer_webdav(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BearerWebdav]:
+    from cheroot import wsgi
+
+    root = tmp_path_factory.mktemp("bearer-dav")
+    dav = _make_wsgidav_app(root, {})
+    state = BearerWebdav(root, 0, TOKEN)
+
+    def guard(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        allowed = secrets.compare_digest(environ.get("HTTP_AUTHORIZATION", ""),
+                                         f"Bearer {state.token}")
+        state.seen.append(Seen(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""),
+                               environ.get("HTTP_USER_AGENT", ""), allowed))
+        if not allowed:
+            start_response("401 Unauthorized", [("WWW-Authenticate", 'Bearer realm="dav"'),
+                                                ("Content-Length", "0")])
+            return [b""]
+        result: Iterable[bytes] = dav(environ, start_response)
+        return result
+
+    server = wsgi.Server(("127.0.0.1", 0), guard, numthreads=8)
+    server.prepare()
+    state.port = server.bind_addr[1]
+    thread = threading.Thread(target=server.serve, name="bearer-dav", daemon=True)
+    thread.start()
+    yield state
+    server.stop()
+    thread.join(10)
+
+
+async def test_rcd_reads_an_on_the_fly_remote_with_its_bearer_token(
+    bearer_webdav: BearerWebdav, tmp_path: Path,
+) -> None:
+    data = os.urandom(MiB + 3)
+    (bearer_webdav.root / "a.bin").write_bytes(data)
+    out = tmp_path / "out"
+    out.mkdir()
+    daemon = RcloneDaemon()
+    await daemon.start()
+    try:
+        src_fs, src_remote = split_endpoint(f"{bearer_webdav.url}/a.bin", bearer_token=TOKEN)
+        dst_fs, dst_remote = split_endpoint(f"file://{out}/a.bin")
+        await daemon.call("operations/copyfile", {"srcFs": src_fs, "srcRemote": src_remote,
+                                                  "dstFs": dst_fs, "dstRemote": dst_remote})
+        assert (out / "a.bin").read_bytes() == data
+        assert bearer_webdav.rclone_requests() and all(
+            r.allowed for r in bearer_webdav.rclone_requests())
+
+        before = len(bearer_webdav.seen)
+        bad_fs, _ = split_endpoint(f"{bearer_webdav.url}/a.bin", bearer_token="wrong-token")
+        with pytest.raises(RcError) as err:
+            await daemon.call("operations/copyfile", {"srcFs": bad_fs, "srcRemote": src_remote,
+                                                      "dstFs": dst_fs, "dstRemote": "b.bin"})
+        refused = bearer_webdav.seen[before:]
+        assert refused and not any(r.allowed for r in refused)
+        assert len(refused) <= 3  # a 401 is not one of rclone's low-level retries
+        assert isinstance(classify_error(err.value.message), AuthError)
+        assert not (out / "b.bin").exists()
+        assert TOKEN not in daemon._log_tail() and TOKEN not in str(err.value)
+    finally:
+        await daemon.close()
+
+
+def test_share_job_on_rclone_uses_the_bearer_and_fails_auth_when_it_is_refused(
+    node_factory: Callable[..., Node], redis_url: str, tmp_path: Path, loop_thread: LoopThread,
+    bearer_webdav: BearerWebdav,
+) -> None:
+    """A job whose source needs a bearer token (an OCM share's secret) runs on rclone."""
+    files = {"a.bin": os.urandom(2 * MiB + 1), "sub/b.bin": os.urandom(300_000)}
+    for rel, data in files.items():
+        (bearer_webdav.root / "set" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (bearer_webdav.root / "set" / rel).write_bytes(data)
+    peer = OcmPeer.start(loop_thread, tmp_path / "peer", secret=TOKEN)  # the sending provider
+    try:
+        policy = tmp_path / "policy.toml"
+        policy.write_text('[[routing.rules]]\nbackend = "rclone"\nschemes = ["http"]\n')
+        mesh, inbox = tmp_path / "mesh.json", tmp_path / "inbox"
+        b = start_ocm_node(node_factory, tmp_path, "b", 2, redis_url, directory=mesh,
+                           recipients={"pipe": {"tenant": "lab", "root": str(inbox / "pipe"),
+                                                "auto_accept": True},
+                                       "hold": {"tenant": "lab", "root": str(inbox / "hold")}},
+                           extra=["--policy", str(policy)])
+        write_directory(mesh, [peer.host, b.host])
+        share_url = f"{b.node.url}/ocm/shares"
+        source = f"{bearer_webdav.url}/set/"
+
+        # the right token: every file copied by rclone, checksummed by us
+        status, answer = _post(share_url, peer.share_body(
+            f"pipe@{b.host}", "set", source, resource_type="folder", provider_id="p-ok"))
+        assert status == 201, answer
+        ok = next(s for s in b.api("GET", "/shares")["shares"] if s["name"] == "set"
+                  and s["state"] == "accepted")
+        assert wait_job(b.client, ok["job_id"])["state"] == "FINISHED", b.client.files(
+            ok["job_id"])
+        for record in b.client.files(ok["job_id"])["files"]:
+            assert record["backend"] == "rclone"
+            rel = record["destination"].split("/set/", 1)[1]
+            assert record["verified_checksum"] == f"adler32:{adler32_hex(files[rel])}"
+        for rel, data in files.items():
+            assert (inbox / "pipe" / "set" / rel).read_bytes() == data
+        by_rclone = bearer_webdav.rclone_requests()
+        assert {r.method for r in by_rclone} >= {"GET"} and all(r.allowed for r in by_rclone)
+
+        # a share listed with the token, which the sender then rotates before we accept
+        status, answer = _post(share_url, peer.share_body(
+            f"hold@{b.host}", "set", source, resource_type="folder", provider_id="p-rot"))
+        assert status == 201, answer
+        held = next(s for s in b.api("GET", "/shares", query={"state": "pending"})["shares"])
+        bearer_webdav.token = "rotated-" + secrets.token_hex(8)
+        before = len(bearer_webdav.rclone_requests())
+        b.api("POST", f"/shares/{held['id']}/accept")
+        assert wait_job(b.client, held["job_id"])["state"] == "FAILED"
+        for record in b.client.files(held["job_id"])["files"]:
+            assert (record["backend"], record["state"], record["error_class"]) == (
+                "rclone", "FAILED", "auth")
+            assert record["attempts"] == 1  # refused credentials are not retried
+            assert "401" in record["reason"]
+        refused = bearer_webdav.rclone_requests()[before:]
+        assert refused and not any(r.allowed for r in refused)
+        assert not (inbox / "hold" / "set" / "a.bin").exists()
+
+        # the token is in no log line and no answer
+        answers = json.dumps([b.api("GET", "/shares"), b.api("GET", "/transfers"),
+                              *(b.client.job(s["job_id"]) for s in (ok, held)),
+                              *(b.client.files(s["job_id"]) for s in (ok, held))])
+        assert TOKEN not in b.log() and TOKEN not in answers
+    finally:
+        peer.stop()
+
+
+def _post(url: str, body: Any) -> tuple[int, Any]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")

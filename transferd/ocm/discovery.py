@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -125,11 +125,17 @@ class Discovery:
     """Discovers remote providers (cached for ``ttl_s``) and fetches their JWKS."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, *, allow_http: bool, ttl_s: float = CACHE_TTL_S
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        allow_http: bool,
+        ttl_s: float = CACHE_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.session = session
         self.allow_http = allow_http
         self.ttl_s = ttl_s
+        self._clock = clock
         self._cache: dict[str, tuple[float, RemoteProvider]] = {}
         self._jwks: dict[str, tuple[float, dict[str, dict[str, Any]]]] = {}
         self._lock = asyncio.Lock()
@@ -151,7 +157,7 @@ class Discovery:
         """The provider at ``host`` (``host[:port]``), from cache when fresh."""
         host = host.lower()
         cached = self._cache.get(host)
-        if cached and not refresh and time.monotonic() - cached[0] < self.ttl_s:
+        if cached and not refresh and self._clock() - cached[0] < self.ttl_s:
             return cached[1]
         schemes = ("https", "http") if self.allow_http else ("https",)
         errors: list[str] = []
@@ -166,7 +172,7 @@ class Discovery:
                         break  # nothing listens with this scheme
                     continue
                 remote = _remote(host, base, doc)
-                self._cache[host] = (time.monotonic(), remote)
+                self._cache[host] = (self._clock(), remote)
                 return remote
         raise DiscoveryError(f"cannot discover OCM provider {host} ({'; '.join(errors)})")
 
@@ -176,7 +182,7 @@ class Discovery:
             return None
         for attempt in range(2):
             cached = self._jwks.get(remote.jwks_uri)
-            if attempt == 0 and cached and time.monotonic() - cached[0] < self.ttl_s:
+            if attempt == 0 and cached and self._clock() - cached[0] < self.ttl_s:
                 keys = cached[1]
             else:
                 doc = await self._get_json(remote.jwks_uri)
@@ -185,7 +191,7 @@ class Discovery:
                     for k in (doc.get("keys") if isinstance(doc, dict) else None) or []
                     if isinstance(k, dict)
                 }
-                self._jwks[remote.jwks_uri] = (time.monotonic(), keys)
+                self._jwks[remote.jwks_uri] = (self._clock(), keys)
             if keyid in keys:
                 return keys[keyid]
             if attempt == 0 and cached is None:
