@@ -6,16 +6,19 @@ Every figure is checked against what the REST API says about the same jobs.
 from __future__ import annotations
 
 import os
+import re
 import urllib.request
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.node_proc import Node, create_token, wait_until
+from tests.node_proc import TRANSFERD, Node, Proc, create_token, wait_until
 from tests.redis_server import RedisServer, free_port
-from tests.servers import NginxServer
+from tests.servers import FaultProxy, NginxServer
 from transferd.client import Client
 
 TERMINAL = {"FINISHED", "FINISHEDDIRTY", "FAILED", "CANCELED", "EXPIRED"}
@@ -111,3 +114,147 @@ def test_metrics_agree_with_the_api(
     assert calls >= 3
     assert not any(good in labels_value for (_, labels) in samples
                    for _, labels_value in labels)
+
+
+def labelled(samples: Samples, name: str, label: str) -> dict[str, float]:
+    """``{label value: sample value}`` of every sample of ``name``."""
+    return {dict(labels)[label]: v for (n, labels), v in samples.items() if n == name}
+
+
+@pytest.fixture
+def worker_procs(redis_url: str) -> Iterator[Callable[[], tuple[Proc, str]]]:
+    """Starts `transferd worker` processes on the test's Redis: (process, its worker id)."""
+    started: list[Proc] = []
+
+    def start() -> tuple[Proc, str]:
+        proc = Proc.start([*TRANSFERD, "worker", "--redis-url", redis_url, "--threads", "2"])
+        started.append(proc)
+        line = proc.wait_for_line(" ready", 60)
+        found = re.search(r"transferd worker (\S+) ready", line)
+        assert found, line
+        return proc, found.group(1)
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def test_link_and_worker_metrics_agree_with_the_api(
+    node_factory: Callable[..., Node], nginx_server: NginxServer, redis_server: RedisServer,
+    fault_proxy: Callable[[str], FaultProxy], worker_procs: Callable[[], tuple[Proc, str]],
+    tmp_path: Path,
+) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[optimizer]\nenabled = false\n[limits]\nlink_max_active = 3\n")
+    # no workers in the node: the work is done by two worker processes whose ids we know
+    node = node_factory(allow_roots=[dest], workers=0, extra=["--policy", str(policy)])
+    (_, first_id), (second, second_id) = worker_procs(), worker_procs()
+    workers = {first_id, second_id}
+    client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
+    ops = Client(node.url, create_token("ops", "operator", redis_url=redis_server.url))
+    (nginx_server.root / "m.bin").write_bytes(os.urandom(200_000))
+    proxy = fault_proxy(nginx_server.url)
+    proxy.set(stalled=True)  # the link holds still while the two views are compared
+    link = "127.0.0.1 -> local"
+    job = client.submit([{"source": f"{proxy.url}/m.bin", "destination": f"file://{dest}/m{i}"}
+                         for i in range(10)], {})["job_id"]
+
+    fields = ("active", "inflight", "queued", "target")
+
+    def link_view() -> dict[str, Any]:
+        return {k: v for x in ops.links() if x["link"] == link for k, v in x.items()
+                if k in fields}
+
+    def steady() -> tuple[dict[str, Any], Samples] | None:
+        # a scrape between two equal API answers saw the same link state as the API
+        before = link_view()
+        if before.get("inflight") != 3 or before.get("queued") != 7:
+            return None
+        samples = scrape(node)
+        return (before, samples) if link_view() == before else None
+
+    seen = wait_until(steady, 30, "three files in flight and seven queued on the link")
+    assert isinstance(seen, tuple)
+    api, samples = seen
+    assert value(samples, "transferd_link_active_files", link=link) == api["active"] > 0
+    assert value(samples, "transferd_link_queued_files", link=link) == api["queued"] == 7
+    assert (value(samples, "transferd_link_dispatched_files", link=link)
+            == api["inflight"] - api["active"])
+    # the leases are held by our worker processes, and by no one else
+    held = labelled(samples, "transferd_worker_active_files", "worker")
+    assert set(held) == workers, held  # a worker with nothing to do is listed too, at 0
+    assert sum(held.values()) == api["active"]
+    busy = {w for w, n in held.items() if n > 0}
+    assert set(labelled(samples, "transferd_worker_lease_expiry_timestamp_seconds",
+                        "worker")) == busy
+    assert value(samples, "transferd_workers_busy") == len(busy)
+    assert value(samples, "transferd_workers_up") == 2
+
+    proxy.set(stalled=False)
+    wait_until(lambda: client.job(job)["state"] == "FINISHED", 60, "the job to finish")
+    api = next(x for x in ops.links() if x["link"] == link)
+    samples = scrape(node)
+    assert api["active"] == api["queued"] == 0 and api["successes"] == 10
+    # idle workers stay listed, with no files and a recent presence beat
+    assert labelled(samples, "transferd_worker_active_files", "worker") == {
+        first_id: 0, second_id: 0}
+    assert set(labelled(samples, "transferd_worker_last_seen_timestamp_seconds",
+                        "worker")) == workers
+    assert value(samples, "transferd_workers_busy") == 0
+
+    # a worker that stops drops out at once, not after its presence window
+    assert second.stop() == 0
+
+    def second_gone() -> Samples | None:
+        now = scrape(node)
+        return now if set(labelled(now, "transferd_worker_active_files", "worker")) == {
+            first_id} else None
+
+    samples_after = wait_until(second_gone, 10, "the stopped worker to leave /metrics")
+    assert isinstance(samples_after, dict)
+    assert value(samples_after, "transferd_workers_up") == 1
+
+
+def test_link_target_metric_is_the_target_the_scheduler_uses(
+    node_factory: Callable[..., Node], redis_server: RedisServer, tmp_path: Path,
+) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[optimizer]\nenabled = false\n[limits]\nlink_max_active = 3\n")
+    node = node_factory(allow_roots=[dest], workers=0, extra=["--policy", str(policy)])
+    client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
+    ops = Client(node.url, create_token("ops", "operator", redis_url=redis_server.url))
+    link = "127.0.0.1 -> local"
+    client.submit([{"source": f"http://127.0.0.1:{free_port()}/x{i}",
+                    "destination": f"file://{dest}/x{i}"} for i in range(5)], {})
+
+    def listed() -> dict[str, Any] | None:
+        return next((x for x in ops.links() if x["link"] == link), None)
+
+    api = wait_until(listed, 30, "the link to be listed")
+    assert isinstance(api, dict) and api["target"] == 3
+    assert value(scrape(node), "transferd_link_target_files", link=link) == 3
+
+
+def test_a_drained_link_reports_zero_rather_than_vanishing(
+    node_factory: Callable[..., Node], nginx_server: NginxServer, redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    node = node_factory(allow_roots=[dest])
+    client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
+    ops = Client(node.url, create_token("ops", "operator", redis_url=redis_server.url))
+    (nginx_server.root / "d.bin").write_bytes(os.urandom(1000))
+    job = client.submit([{"source": f"{nginx_server.url}/d.bin",
+                          "destination": f"file://{dest}/d.bin"}], {})["job_id"]
+    wait_until(lambda: client.job(job)["state"] == "FINISHED", 30, "the job to finish")
+    link = "127.0.0.1 -> local"
+    api = next(x for x in ops.links() if x["link"] == link)
+    samples = scrape(node)
+    assert api["active"] == api["queued"] == 0
+    assert ("transferd_link_active_files", (("link", link),)) in samples
+    assert value(samples, "transferd_link_target_files", link=link) == api["target"]

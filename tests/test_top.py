@@ -1,15 +1,23 @@
-"""``transferd top --once`` against a real node: one frame, the same figures as the API."""
+"""``transferd top`` against a real node: one frame with ``--once``, the same figures as
+the API; and live in a pseudo-terminal, where later frames show what changed."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
+import re
+import signal
+import struct
 import subprocess
+import termios
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from tests.node_proc import TRANSFERD, Node, create_token, wait_until
 from tests.redis_server import RedisServer
-from tests.servers import NginxServer
+from tests.servers import FaultProxy, NginxServer
 from transferd.client import Client
 
 
@@ -56,3 +64,114 @@ def test_top_refuses_a_bad_token(node_factory: Callable[..., Node]) -> None:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 5
     assert "td_bad" not in out.stderr + out.stdout
+
+
+# CSI sequences (cursor moves, colours, the alternate screen) and OSC strings
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|\x1b[()][0-9A-Za-z]")
+HOME = "\x1b[H"  # rich's Live (screen mode) redraws every frame from the top-left corner
+
+
+class Terminal:
+    """A pseudo-terminal of 140x50 a child draws on; keeps everything it wrote."""
+
+    def __init__(self, args: list[str]) -> None:
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 140, 0, 0))
+        env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "140", "LINES": "50"}
+        self.proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env,
+                                     start_new_session=True)
+        os.close(slave)
+        self._master = master
+        self._chunks: list[bytes] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self._master, 65536)
+            except OSError:  # EIO: the child closed its side
+                return
+            if not data:
+                return
+            self._chunks.append(data)
+
+    @property
+    def raw(self) -> str:
+        return b"".join(self._chunks).decode(errors="replace")
+
+    def frames(self) -> list[str]:
+        """Every frame drawn so far, as plain text."""
+        return [_ESCAPES.sub("", f) for f in self.raw.split(HOME)[1:]]
+
+    def drained(self, timeout_s: float = 10) -> str:
+        """Everything the child wrote, once it has exited and its side is closed."""
+        self._reader.join(timeout_s)
+        return self.raw
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._reader.join(10)
+        os.close(self._master)
+
+
+def tiles(frame: str) -> dict[str, int]:
+    """The counters of a frame's head panel (queued, active, finished 24h, failed 24h)."""
+    lines = frame.splitlines()
+    at = next(i for i, line in enumerate(lines) if "finished 24h" in line)
+    numbers = re.findall(r"\d[\d,]*", lines[at + 1].replace("│", " "))
+    names = ("queued", "active", "finished", "failed")
+    return {name: int(n.replace(",", "")) for name, n in zip(names, numbers, strict=False)}
+
+
+def test_top_live_redraws_what_changed_after_it_started(
+    node_factory: Callable[..., Node], nginx_server: NginxServer, redis_server: RedisServer,
+    fault_proxy: Callable[[str], FaultProxy], tmp_path: Path,
+) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    node = node_factory(allow_roots=[dest])
+    token = create_token("ops", "operator", redis_url=redis_server.url)
+    client = Client(node.url, token)
+    (nginx_server.root / "live.bin").write_bytes(os.urandom(100_000))
+    proxy = fault_proxy(nginx_server.url)
+    proxy.set(stalled=True)  # holds the copy in flight until we have seen it live
+    term = Terminal([*TRANSFERD, "top", "--interval", "0.2", "--url", node.url,
+                     "--token", token])
+    try:
+        def drawn(check: Callable[[str], bool]) -> Callable[[], str | None]:
+            def newest() -> str | None:
+                frames = [f for f in term.frames() if "finished 24h" in f]
+                assert term.proc.poll() is None, term.raw[-2000:]
+                return frames[-1] if frames and check(frames[-1]) else None
+            return newest
+
+        first = wait_until(drawn(lambda f: True), 30, "a first frame")
+        assert isinstance(first, str)
+        assert "nothing is moving" in first and tiles(first)["finished"] == 0
+
+        job = client.submit([{"source": f"{proxy.url}/live.bin",
+                              "destination": f"file://{dest}/live.bin"}], {})["job_id"]
+        moving = wait_until(drawn(lambda f: job[:8] in f), 30, "the new job in a frame")
+        assert isinstance(moving, str)
+        assert tiles(moving)["active"] == 1 and "127.0.0.1 -> local" in moving
+
+        proxy.set(stalled=False)
+        wait_until(lambda: client.job(job)["state"] == "FINISHED", 30, "the job to finish")
+        done = wait_until(drawn(lambda f: tiles(f)["finished"] == 1), 30,
+                          "the finished file counted in a frame")
+        assert isinstance(done, str)
+        assert job[:8] not in done and "nothing is moving" in done
+        assert len(term.frames()) >= 3  # one process, redrawn, never restarted
+
+        # it runs until Ctrl-C, then leaves the alternate screen and exits as interrupted
+        term.proc.send_signal(signal.SIGINT)
+        assert term.proc.wait(15) == 130
+        raw = term.drained()
+        assert raw.rstrip().endswith("transferd: interrupted")
+        assert "\x1b[?1049l" in raw  # the alternate screen is left: the terminal is given back
+        assert "Traceback" not in raw and token not in raw
+    finally:
+        term.close()

@@ -36,6 +36,7 @@ from aiohttp import web
 from transferd.api import API_PREFIX, PRINCIPAL_KEY
 from transferd.auth import Authenticator
 from transferd.config import NodeConfig
+from transferd.links import LinkBook
 from transferd.metrics import setup_metrics
 from transferd.models import Principal
 from transferd.overview import Overview, Sampler
@@ -60,10 +61,12 @@ _STOPPING_KEY = web.AppKey("transferd.dashboard.stopping", asyncio.Event)
 
 
 def setup_dashboard(
-    app: web.Application, store: JobStore, auth: Authenticator, config: NodeConfig
+    app: web.Application, store: JobStore, auth: Authenticator, config: NodeConfig,
+    links: LinkBook | None = None,
 ) -> None:
     """Mount the dashboard, its API routes and ``/metrics`` on ``app``; start the sampler."""
-    overview = Overview(store.redis, link_limit=config.link_limit, namespace=store.ns)
+    overview = Overview(store.redis, link_limit=config.link_limit, namespace=store.ns,
+                        targets=links.targets if links is not None else None)
     app[OVERVIEW_KEY] = overview
     app[_AUTH_KEY] = auth
     app[_DASH_STORE_KEY] = store

@@ -3,8 +3,11 @@
 Everything but the latency histogram comes from Redis when Prometheus asks
 (``Overview.snapshot``), through a custom collector, so every node sharing a
 Redis reports the same deployment-wide numbers and nothing is lost when a
-node restarts.  The latency histogram is this node's own (label ``route`` is
-the route template, never the raw path, so job ids do not explode the series).
+node restarts.  Workers are listed from their presence beats
+(``workers.runtime``, every 5 s), so an idle worker shows with 0 files and a
+stopped one drops out.  The latency histogram is this node's own (label
+``route`` is the route template, never the raw path, so job ids do not explode
+the series).
 
 ``/metrics`` needs no credential, as Prometheus scrapers expect: it carries
 counts, link names (host pairs) and worker ids, never tenants, tokens or URLs.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram
@@ -26,6 +30,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from transferd.overview import Overview, Snapshot, counters_by_prefix
+from workers.runtime import PRESENCE_KEY, PRESENCE_WINDOW_S
 
 __all__ = ["StoreCollector", "setup_metrics"]
 
@@ -42,6 +47,7 @@ class StoreCollector(Collector):
 
     def __init__(self) -> None:
         self.snapshot = Snapshot()
+        self.workers_seen: dict[str, float] = {}  # worker id -> last presence beat (unix s)
 
     def collect(self) -> Iterator[Metric]:
         snap = self.snapshot
@@ -100,13 +106,26 @@ class StoreCollector(Collector):
             "transferd_worker_lease_expiry_timestamp_seconds",
             "Latest lease expiry among a worker's files; each heartbeat pushes it forward.",
             labels=["worker"])
-        for worker, (n, until) in sorted(snap.workers.items()):
+        seen = GaugeMetricFamily(
+            "transferd_worker_last_seen_timestamp_seconds",
+            "When a worker process last said it was up (every 5 s, busy or idle).",
+            labels=["worker"])
+        # a worker holding leases is listed even before (or without) its first beat
+        for worker in sorted(snap.workers.keys() | self.workers_seen.keys()):
+            n, until = snap.workers.get(worker, (0, None))
             files_per_worker.add_metric([worker], n)
-            lease.add_metric([worker], until)
+            if until is not None:
+                lease.add_metric([worker], until)
+            if worker in self.workers_seen:
+                seen.add_metric([worker], self.workers_seen[worker])
         yield files_per_worker
         yield lease
+        yield seen
         yield GaugeMetricFamily("transferd_workers_busy", "Workers holding at least one lease.",
                                 value=len(snap.workers))
+        yield GaugeMetricFamily("transferd_workers_up",
+                                "Worker processes seen in the last 15 s, busy or idle.",
+                                value=len(self.workers_seen))
 
         failures = counters_by_prefix(snap.counters, "attempt_failures")
         attempts = CounterMetricFamily(
@@ -139,11 +158,20 @@ def setup_metrics(app: web.Application, overview: Overview) -> None:
     app.middlewares.append(latency_middleware)
 
     async def metrics(request: web.Request) -> web.Response:
-        collector.snapshot = await overview.snapshot()
+        now = time.time()
+        collector.snapshot = await overview.snapshot(now)
+        collector.workers_seen = await workers_seen(overview, now)
         body = generate_latest(registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app.router.add_get("/metrics", metrics)
+
+
+async def workers_seen(overview: Overview, now: float) -> dict[str, float]:
+    """Worker id -> last presence beat, for the workers heard from in PRESENCE_WINDOW_S."""
+    raw: Any = await overview.redis.zrangebyscore(
+        PRESENCE_KEY, now - PRESENCE_WINDOW_S, "+inf", withscores=True)
+    return {m.decode() if isinstance(m, bytes) else str(m): float(score) for m, score in raw}
 
 
 @web.middleware

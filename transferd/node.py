@@ -77,7 +77,7 @@ def build_app(
     setup_api(app, store, auth, config, policy=holder, links=book)
     setup_fts3(app, store, auth, config)
     ocm_ctx = setup_ocm(app, config, client, store)
-    setup_dashboard(app, store, auth, config)
+    setup_dashboard(app, store, auth, config, links=book)
 
     async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
         broker = make_broker(redis_url)

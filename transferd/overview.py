@@ -30,7 +30,7 @@ import socket
 import time
 import uuid
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,11 +166,19 @@ class Overview:
     """Read-only aggregates over the store's keys, filtered for a principal."""
 
     def __init__(
-        self, redis: Redis, *, link_limit: Callable[[str], int], namespace: str = "td"
+        self,
+        redis: Redis,
+        *,
+        link_limit: Callable[[str], int],
+        namespace: str = "td",
+        targets: Callable[[list[str]], Awaitable[dict[str, int]]] | None = None,
     ) -> None:
         self.redis = redis
         self.ns = namespace
         self.link_limit = link_limit
+        # the scheduler's own answer (LinkBook.targets: optimizer within the policy's
+        # ceilings), so every view shows the concurrency the links really get
+        self.targets = targets
         self._count_backends = redis.register_script(_COUNT_BACKENDS)
         self._owners: OrderedDict[str, str] = OrderedDict()
 
@@ -239,7 +247,9 @@ class Overview:
                 for m, raw in zip(minutes, raws, strict=True)]
 
     async def _links(self) -> list[str]:
+        # links the optimizer has seen stay listed after they drain, as in GET /links
         names = {_text(m) for m in await self.redis.smembers(self._k("links"))}
+        names |= {_text(m) for m in await self.redis.smembers(self._k("opt", "links"))}
         for prefix in ("inflight", "q"):
             pattern = self._k(prefix, "*")
             cut = len(self._k(prefix)) + 1
@@ -256,6 +266,7 @@ class Overview:
         backends: dict[str, dict[str, Any]] = defaultdict(
             lambda: {"queued": 0, "dispatched": 0, "active": 0, "rate_bps": 0.0}
         )
+        targets = await self.targets(links) if self.targets is not None else {}
         for link in links:
             queued = int(await self.redis.zcard(self._k("q", link)))
             members = [_text(m) for m in await self.redis.smembers(self._k("inflight", link))]
@@ -290,9 +301,11 @@ class Overview:
             history = [
                 _num(b.get(f"lrate|{link}")) / max(1.0, _num(b.get("n"))) for _, b in hour
             ]
-            # the optimizer's target (transferd/links.py) once it has seen the link
-            optimized = await self.redis.hget(self._k("opt", link), "target")
-            target = int(_num(optimized)) if optimized else self.link_limit(link)
+            if link in targets:
+                target = targets[link]
+            else:
+                optimized = await self.redis.hget(self._k("opt", link), "target")
+                target = int(_num(optimized)) if optimized else self.link_limit(link)
             per_link.append({
                 "link": link, "queued": queued, "dispatched": dispatched, "active": active,
                 "target": target, "rate_bps": rate,

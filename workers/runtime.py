@@ -11,11 +11,17 @@ It follows the policy the node publishes in Redis (``td:policy``, re-read every
 per-link bandwidth caps.  A cap is cluster-wide: each worker process announces
 itself in ``td:workers:live`` and enforces ``cap / live worker processes``
 with one token bucket per link shared by all its files.
+
+Apart from that, each process says it is up every ``PRESENCE_INTERVAL_S``,
+busy or idle, in ``td:workers:seen`` (``/metrics`` lists the workers from it).
+It is a key of its own because a process announced there while idle must not
+take a share of a bandwidth cap it is not using.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -44,6 +50,9 @@ PARAMS_CACHE_SIZE = 1000
 POLICY_REFRESH_S = 2.0
 LIVE_WORKERS_KEY = "td:workers:live"
 LIVE_WINDOW_S = 15.0  # a worker process not seen for this long no longer shares a cap
+PRESENCE_KEY = "td:workers:seen"  # worker id -> unix seconds of its last presence beat
+PRESENCE_INTERVAL_S = 5.0
+PRESENCE_WINDOW_S = 15.0  # three missed beats: the process is gone
 
 
 class StopReason:
@@ -75,6 +84,7 @@ class WorkerRuntime:
         self.redis: redis.asyncio.Redis | None = None
         self.session: aiohttp.ClientSession | None = None
         self.store: JobStore | None = None
+        self._presence: asyncio.Task[None] | None = None
         # file_id -> (cancel event, stop reason holder)
         self.running: dict[str, tuple[asyncio.Event, list[str]]] = {}
         self.accepting = True
@@ -156,6 +166,21 @@ class WorkerRuntime:
         self.redis = redis.asyncio.Redis.from_url(self.redis_url)
         self.session = new_session()
         self.store = JobStore(self.redis)
+        self._presence = self.loop.create_task(self._announce_presence())
+
+    async def _announce_presence(self) -> None:
+        """Mark this process up every PRESENCE_INTERVAL_S, and drop the long-silent ones."""
+        assert self.redis is not None
+        while True:
+            wall = time.time()
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.zadd(PRESENCE_KEY, {self.worker_id: wall})
+                    pipe.zremrangebyscore(PRESENCE_KEY, "-inf", wall - PRESENCE_WINDOW_S)
+                    await pipe.execute()
+            except Exception:  # Redis blip: the next beat tries again
+                log.warning("could not announce this worker's presence", exc_info=True)
+            await asyncio.sleep(PRESENCE_INTERVAL_S)
 
     def start(self) -> None:
         self._thread.start()
@@ -186,9 +211,15 @@ class WorkerRuntime:
                     await closer()
                 except Exception:  # one helper failing to stop must not keep the rest open
                     log.warning("closing a backend helper failed", exc_info=True)
+            if self._presence is not None:
+                self._presence.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._presence
             if self.session is not None:
                 await self.session.close()
             if self.redis is not None:
+                with contextlib.suppress(Exception):  # gone from /metrics now, not in 15 s
+                    await self.redis.zrem(PRESENCE_KEY, self.worker_id)
                 await self.redis.aclose()
 
         if self._thread.is_alive():
