@@ -9,8 +9,11 @@ runs it, from a WebDAV folder and with a failing authenticated source.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import signal
 import subprocess
+import sys
 import zlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,11 +21,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 import redis.asyncio
+from yarl import URL
 
 from policies.chunking import ChunkPolicy, MiB
 from tests.peers import HttpPeer, NcPeer
 from tests.servers import FaultProxy, NginxServer, RcloneWebdav, wait_until
 from transferd import errors
+from workers.stream import dav
 from workers.stream.dav import DavSink
 from workers.stream.engine import copy_file
 from workers.stream.http import HttpSource, new_session
@@ -227,6 +232,63 @@ async def test_tus_interrupted_upload_resumes_with_missing_bytes_only(
     assert len([r for r in nc_server.requests if r.method == "POST"]) == 1
 
 
+@pytest.mark.parametrize("source_changed", [False, True])
+async def test_tus_upload_url_in_redis_resumes_in_another_worker_unless_the_source_changed(
+        source_changed: bool, nc_server: NcPeer, nginx_server: NginxServer,
+        fault_proxy: Callable[[str], FaultProxy], session: aiohttp.ClientSession,
+        aredis: redis.asyncio.Redis) -> None:
+    nc_server.chunking = False
+    size = 8 * MiB + 3
+    src = nginx_server.root / "w.bin"
+    src.write_bytes(os.urandom(size))
+    slow = fault_proxy(nginx_server.url)
+    slow.set(throttle_bps=16 * MiB)
+    url = nc_server.files_url("w.bin")
+    store = RedisManifestStore(aredis, "td:manifest:w.0")
+    cancel = asyncio.Event()
+
+    async def cancel_when_some_bytes_arrived() -> None:
+        while nc_server.patch_bytes < MiB:
+            await asyncio.sleep(0.01)
+        cancel.set()
+
+    watcher = asyncio.ensure_future(cancel_when_some_bytes_arrived())
+    try:
+        with pytest.raises(errors.Canceled):
+            await copy_file(HttpSource(f"{slow.url}/w.bin", session), DavSink(url, session),
+                            manifest=store, cancel=cancel)
+    finally:
+        watcher.cancel()
+    stored = await aredis.hget(store.key, "upload_url")  # kept before the first PATCH
+    assert isinstance(stored, bytes) and b"/tus/" in stored
+    accepted = nc_server.patch_bytes
+    assert MiB <= accepted < size
+    if source_changed:  # same size, new Last-Modified and ETag; retried in this process,
+        # so neither the session this process remembers nor the stored one may be used
+        data = os.urandom(size)
+        src.write_bytes(data)
+        os.utime(src, (src.stat().st_atime + 10, src.stat().st_mtime + 10))
+    else:
+        data = src.read_bytes()
+        dav._TUS_SESSIONS.clear()  # the redelivery runs in another worker process
+
+    slow.set(throttle_bps=None)
+    result = await copy_file(HttpSource(f"{slow.url}/w.bin", session), DavSink(url, session),
+                             manifest=store)
+    assert result.checksum == adler(data)
+    assert files_under(nc_server.root) == {"w.bin": data}
+    posts = [r for r in nc_server.requests if r.method == "POST"]
+    if source_changed:  # a new upload from byte 0; the old bytes are never reused
+        assert len(posts) == 2
+        assert nc_server.patch_bytes == accepted + size
+    else:  # the same upload (HEAD for its offset), only the missing bytes sent
+        assert len(posts) == 1
+        assert any(r.method == "HEAD" and r.path == URL(stored.decode()).path
+                   for r in nc_server.requests)
+        assert nc_server.patch_bytes == size
+    assert not await aredis.exists(store.key)
+
+
 # ---------------------------------------------------------------- transferd cp
 
 
@@ -269,3 +331,49 @@ def test_cp_failure_is_one_sentence_without_the_token(http_server: HttpPeer,
     assert any(r.headers.get("Authorization") == "Bearer SECRET-VALUE-123"
                for r in http_server.requests)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cp_to_tus_killed_then_rerun_sends_only_the_missing_bytes(
+        nc_server: NcPeer, nginx_server: NginxServer, fault_proxy: Callable[[str], FaultProxy],
+        tmp_path: Path) -> None:
+    nc_server.chunking = False  # TUS only
+    size = 16 * MiB + 7
+    data = os.urandom(size)
+    (nginx_server.root / "k.bin").write_bytes(data)
+    slow = fault_proxy(nginx_server.url)
+    slow.set(throttle_bps=4 * MiB)
+    dst = nc_server.files_url("up/k.bin")
+    cache = tmp_path / "cache"
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
+    command = [sys.executable, "-m", "transferd", "cp", f"{slow.url}/k.bin", dst,
+               "--checksum", adler(data)]
+
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: nc_server.patch_bytes >= 2 * MiB or proc.poll() is not None, 60,
+                   "2 MiB accepted by the TUS server")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        _, stderr = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, stderr
+    (upload,) = nc_server.tus_uploads.values()
+    # the server has seen the connection end once the PATCH lets go of the upload
+    wait_until(lambda: not upload.lock.locked(), 10, "the broken PATCH to end")
+    accepted = nc_server.patch_bytes
+    assert 2 * MiB <= accepted < size
+    assert not (nc_server.root / "up" / "k.bin").exists()
+    (sidecar,) = (cache / "transferd" / "cp").iterdir()
+    assert "/tus/" in json.loads(sidecar.read_text())["upload_url"]
+
+    slow.set(throttle_bps=None)
+    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stdout == f"{adler(data)}  {dst}\n"
+    assert files_under(nc_server.root) == {"up/k.bin": data}
+    # the re-run went on with the same upload and sent only the size - accepted bytes
+    # the server lacked: nothing reached it twice
+    assert nc_server.patch_bytes == size
+    assert len([r for r in nc_server.requests if r.method == "POST"]) == 1
+    assert list((cache / "transferd" / "cp").iterdir()) == []

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 # Called before each request: returns the headers (e.g. Authorization) to send.
 # A callable, not a dict, so a token exchanged again mid-transfer is picked up
@@ -122,3 +122,18 @@ class Sink(Protocol):
     async def abort(self, *, keep_partial: bool) -> None:
         """Stop; keep the partial data for a resume (True) or remove every trace (False)."""
         ...
+
+
+@runtime_checkable
+class ResumableUpload(Protocol):
+    """A sink whose upload session can outlive the process (DavSink over TUS).
+
+    Before ``prepare()`` the engine sets ``upload_key`` (it names the bytes: source,
+    destination and source validator) and, when the manifest store kept one under that
+    key, ``upload_url``; ``prepare()`` goes on with that session if the server still has
+    it and leaves ``upload_url`` naming the session in use (None when there is none),
+    which the engine stores before the first byte is sent.
+    """
+
+    upload_url: str | None
+    upload_key: str | None

@@ -4,17 +4,19 @@
                  [--header 'Name: value']... [--verify MODE] [--overwrite]
 
 SRC and DST are paths or file://, http(s)://, dav(s):// URLs.  The resume
-manifest is a JSON sidecar beside the destination's ``.part``, so running the
-same command again after an interruption (even ``kill -9``) fetches only the
-missing chunks.  A folder source copies every file under it, keeping relative
-paths, several files at a time.  Header values are secrets: they are sent,
-never printed.
+manifest is a JSON sidecar beside the destination's ``.part`` (for a WebDAV
+destination, in ``$XDG_CACHE_HOME/transferd/cp/``, with its chunked or TUS upload
+session), so running the same command again after an interruption (even
+``kill -9``) sends only the missing chunks or bytes.  A folder source copies
+every file under it, keeping relative paths, several files at a time.  Header
+values are secrets: they are sent, never printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import importlib
 import os
 import re
@@ -22,6 +24,7 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -184,11 +187,11 @@ class _Runner:
 
     async def copy_one(self, source: Source, dst_url: str,
                        info: SourceInfo | None = None) -> int:
-        sink = open_sink(dst_url, self.session, self.headers, self.opts.overwrite)
-        manifest = (
-            SidecarManifestStore(sidecar_path(path_of(dst_url)))
-            if scheme_of(dst_url) == "file"
-            else None
+        sink = open_sink(dst_url, self.session, self.headers, self.opts.overwrite,
+                         parents_may_be_links=True)
+        manifest = SidecarManifestStore(
+            sidecar_path(path_of(dst_url)) if scheme_of(dst_url) == "file"
+            else await asyncio.to_thread(remote_sidecar_path, dst_url)
         )
         try:
             result = await copy_file(
@@ -263,6 +266,16 @@ class _Runner:
             made: Source = child(entry.relative_path)
             return made
         return open_source(entry.info.url, self.session, self.headers)
+
+
+def remote_sidecar_path(dst_url: str) -> Path:
+    """Where ``cp`` keeps the manifest (and TUS upload URL) for a remote destination:
+    ``$XDG_CACHE_HOME/transferd/cp/`` (``~/.cache`` by default), named by a hash of the
+    URL so it holds no credential.  The folder is made here."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    folder = Path(cache) / "transferd" / "cp"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / (hashlib.sha256(dst_url.encode()).hexdigest()[:32] + ".manifest")
 
 
 async def _is_local_dir(url: str) -> bool:

@@ -6,7 +6,9 @@ Three ways in, chosen by ``prepare()`` from what the server offers:
            chunks in any order (random_access), MOVE <id>/.file to the .part name.
     "tus"  TUS 1.0.0 (OPTIONS says Tus-Resumable + creation): POST creation in the parent
            folder naming the .part file, PATCH in order; after a failure HEAD gives the
-           offset to go on from (``resume_offset``).
+           offset to go on from (``resume_offset``).  The engine keeps the upload URL
+           in the manifest store (``upload_url``/``upload_key``), so a redelivery or a
+           re-run in another process goes on with the same upload.
     "put"  one streamed PUT of the whole file to the .part name.
 
 In every mode the bytes first land at ``<name>.<tag>.part`` (``tag`` derived from the
@@ -42,9 +44,10 @@ _NC_FILES = re.compile(r"^(?P<prefix>.*)/remote\.php/dav/files/(?P<user>[^/]+)/(
 TUS_VERSION = "1.0.0"
 _OK = (200, 201, 204)
 DELETE_LOCKED_ATTEMPTS = 30
-# upload URLs of TUS sessions opened by this process, by (final URL, tag): lets a retry
-# in the same worker resume; pass ``tus_upload_url`` to resume across processes
-_TUS_SESSIONS: dict[tuple[str, str], str] = {}
+# upload URLs of TUS sessions opened by this process, by (final URL, tag, upload_key):
+# lets a retry in the same worker resume; across processes the engine keeps the URL in
+# the manifest store (base.ResumableUpload), or pass ``tus_upload_url``
+_TUS_SESSIONS: dict[tuple[str, str, str | None], str] = {}
 
 
 def _parent(target: Target) -> Target | None:
@@ -83,6 +86,9 @@ class DavSink:
         # TUS: the upload's URL; keep it with the resume key to resume in another process
         # (pass it back as ``tus_upload_url`` with the same resume key)
         self.upload_url: str | None = tus_upload_url
+        # names the bytes being uploaded (see base.ResumableUpload): a session opened
+        # in this process under another key is not resumed
+        self.upload_key: str | None = None
         self._chunked_uploads = chunked_uploads
         self._client = HttpClient(session, headers, self.target.basic,
                                   connect_timeout_s=connect_timeout_s,
@@ -122,11 +128,13 @@ class DavSink:
         self.mode, self.random_access, self.resume_offset = "put", False, 0
         self.resumed = False
         if not self._chunked_uploads or size is None:
-            return
-        if await self._open_nc_upload():
-            self.mode, self.random_access = "nc", True
+            self.upload_url = None
+        elif await self._open_nc_upload():
+            self.mode, self.random_access, self.upload_url = "nc", True, None
         elif await self._open_tus_upload(size):
             self.mode = "tus"
+        else:
+            self.upload_url = None
 
     async def write_chunk(self, index: int, offset: int, data: AsyncIterator[bytes]) -> None:
         if self._nc_upload is None:
@@ -178,7 +186,7 @@ class DavSink:
                                         redirects=False) as resp:
             if resp.status == 412:
                 raise PermanentError(f"{t.display} exists and overwrite is off")
-        _TUS_SESSIONS.pop((self.url, self._tag), None)
+        _TUS_SESSIONS.pop(self._session_key, None)
 
     async def abort(self, *, keep_partial: bool) -> None:
         if keep_partial and self.mode in ("nc", "tus"):
@@ -187,7 +195,7 @@ class DavSink:
             await self._delete(self._nc_upload)
         if self.mode == "tus" and self.upload_url:
             await self._delete(Target.parse(self.upload_url), {"Tus-Resumable": TUS_VERSION})
-            _TUS_SESSIONS.pop((self.url, self._tag), None)
+            _TUS_SESSIONS.pop(self._session_key, None)
         if self._part is not self.target:
             await self._delete(self._part)
 
@@ -314,7 +322,7 @@ class DavSink:
         if parent is None:
             return False
         tus = {"Tus-Resumable": TUS_VERSION}
-        known = self.upload_url or _TUS_SESSIONS.get((self.url, self._tag))
+        known = self.upload_url or _TUS_SESSIONS.get(self._session_key)
         if known:
             offset = await self._tus_offset(known, size)
             if offset is not None:
@@ -337,8 +345,12 @@ class DavSink:
             raise PermanentError(f"TUS creation at {parent.display} gave no Location")
         self.upload_url = str(parent.http_url.join(URL(location)))
         self.resume_offset = 0
-        _TUS_SESSIONS[(self.url, self._tag)] = self.upload_url
+        _TUS_SESSIONS[self._session_key] = self.upload_url
         return True
+
+    @property
+    def _session_key(self) -> tuple[str, str, str | None]:
+        return (self.url, self._tag, self.upload_key)
 
     async def _tus_offset(self, upload_url: str, size: int) -> int | None:
         """The server's offset for an existing upload, None when it is gone or differs."""

@@ -39,10 +39,16 @@ from urllib.parse import unquote, urlsplit
 from policies.chunking import Chunk, ChunkPlan, ChunkPolicy, plan
 from transferd import errors
 from workers.stream import checksums
-from workers.stream.base import Entry, Sink, Source, SourceInfo
+from workers.stream.base import Entry, ResumableUpload, Sink, Source, SourceInfo
 from workers.stream.checksums import crc32c_update
 from workers.stream.limiter import TokenBucket
-from workers.stream.manifest import ChunkRecord, Manifest, ManifestHeader, ManifestStore
+from workers.stream.manifest import (
+    ChunkRecord,
+    Manifest,
+    ManifestHeader,
+    ManifestStore,
+    UploadSessionStore,
+)
 
 VERIFY_MODES = ("both", "source", "target", "none")
 # Pieces are grouped into batches of about this size per thread hop: large
@@ -135,6 +141,8 @@ class _Copy:
         self.started = time.monotonic()
         self.bytes_done = 0
         self.bytes_fetched = 0
+        # the manifest store, once it was asked for an upload session (see _restore_upload)
+        self.session_store: ManifestStore | None = None
 
     # --- progress -----------------------------------------------------------
 
@@ -183,7 +191,9 @@ class _Copy:
 
         # A sink learns what the server offers (e.g. chunked uploads, which make
         # it random-access) in prepare(), so prepare before planning.
+        stored_upload = await self._restore_upload(info)
         await self.sink.prepare(info.size, self.resume_key)
+        await self._keep_upload(stored_upload)
         sequential = not self.sink.random_access or not info.accepts_ranges or info.size is None
         # A file that is one chunk has nothing to resume: no manifest to load,
         # write and remove (they cost more than the copy of a small file).
@@ -239,12 +249,10 @@ class _Copy:
             self._verify(computed, primary, source_alg, declared)
         except (errors.ChecksumMismatch, errors.SourceChanged):
             await self.sink.abort(keep_partial=False)
-            if manifest is not None:
-                await manifest.clear()
+            await self._forget(manifest)
             raise
         await self.sink.commit()
-        if manifest is not None:
-            await manifest.clear()
+        await self._forget(manifest)
         return CopyResult(
             size=size,
             checksum=checksums.format_checksum(primary, computed[primary]),
@@ -252,6 +260,44 @@ class _Copy:
             chunks_reused=len(reused),
             elapsed_s=time.monotonic() - self.started,
         )
+
+    async def _restore_upload(self, info: SourceInfo) -> str | None:
+        """Give a resumable-upload sink the session an earlier process stored for
+        these very bytes; returns that session's URL (None when there is none)."""
+        sink, store = self.sink, self.manifest
+        if not isinstance(sink, ResumableUpload) or not isinstance(store, UploadSessionStore):
+            return None
+        if not (info.etag or info.last_modified):
+            return None  # size alone does not name the bytes (as in _reusable)
+        sink.upload_key = hashlib.sha256(
+            f"{self.source.url}\n{self.sink.url}\n{self.resume_key}\n{info.validator}".encode()
+        ).hexdigest()[:32]
+        self.session_store = store
+        stored = await store.load_upload(sink.upload_key)
+        if stored is not None:
+            sink.upload_url = stored
+        return stored
+
+    async def _keep_upload(self, stored: str | None) -> None:
+        """Store the session prepare() opened, before its first byte is sent, so a
+        kill -9 from here on still leaves it for the next process."""
+        sink, store = self.sink, self.manifest
+        if (
+            self.session_store is None
+            or not isinstance(sink, ResumableUpload)
+            or not isinstance(store, UploadSessionStore)
+            or sink.upload_key is None
+            or sink.upload_url is None
+            or sink.upload_url == stored
+        ):
+            return
+        await store.save_upload(sink.upload_key, sink.upload_url)
+
+    async def _forget(self, manifest: ManifestStore | None) -> None:
+        """Drop the chunk manifest and upload session: the file is committed or discarded."""
+        store = manifest if manifest is not None else self.session_store
+        if store is not None:
+            await store.clear()
 
     async def _check_reused(
         self, reused: dict[int, ChunkRecord], chunk_plan: ChunkPlan
