@@ -146,8 +146,10 @@ class NginxServer:
         self.access_log.write_text("")
 
 
-def _nginx_conf(root: Path, state: Path, port: int) -> str:
+def _nginx_conf(root: Path, state: Path, port: int, bearer: str | None = None) -> str:
     user = "user root;\n" if os.geteuid() == 0 else ""
+    guard = (f'            if ($http_authorization != "Bearer {bearer}") {{ return 401; }}\n'
+             if bearer else "")
     temps = "\n".join(
         f"    {kind}_temp_path {state / kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -173,7 +175,7 @@ http {{
         listen 127.0.0.1:{port};
         root {root};
         location / {{
-            dav_methods PUT DELETE MKCOL COPY MOVE;
+{guard}            dav_methods PUT DELETE MKCOL COPY MOVE;
             dav_ext_methods PROPFIND OPTIONS;
             create_full_put_path on;
             dav_access user:rw group:rw all:r;
@@ -184,14 +186,16 @@ http {{
 """
 
 
-def start_nginx(root: Path, state: Path) -> NginxServer:
+def start_nginx(root: Path, state: Path, *, bearer: str | None = None) -> NginxServer:
+    """nginx as ``nginx_server`` describes; with ``bearer``, every request without
+    ``Authorization: Bearer <bearer>`` is answered 401."""
     exe = shutil.which("nginx") or "/usr/sbin/nginx"
     assert os.path.exists(exe), "nginx is not installed"
     root.mkdir(parents=True, exist_ok=True)
     for _ in range(5):
         port = free_port()
         conf = state / "nginx.conf"
-        conf.write_text(_nginx_conf(root, state, port))
+        conf.write_text(_nginx_conf(root, state, port, bearer))
         proc = subprocess.Popen(
             [exe, "-c", str(conf), "-p", str(state), "-e", str(state / "error.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -483,6 +483,53 @@ async def test_idempotent_replay_returns_the_same_job(node: Node) -> None:
     assert len({first["job_id"], other["job_id"], bobs["job_id"]}) == 3
 
 
+async def test_idempotency_key_is_kept_24_hours_then_makes_a_new_job(node: Node) -> None:
+    day_s = 24 * 3600
+    headers = node.auth("alice") | {"Idempotency-Key": "nightly-7"}
+
+    async def post() -> tuple[int, str]:
+        async with node.client.post(f"{API}/jobs", json=node.body(), headers=headers) as resp:
+            return resp.status, (await resp.json())["job_id"]
+
+    async def idem_record() -> tuple[bytes, int]:
+        (key,) = [k async for k in node.redis.scan_iter(match="*:idem:*")]
+        return key, int(await node.redis.ttl(key))
+
+    status, first = await post()
+    assert status == 201
+    key, ttl_s = await idem_record()
+    assert b"nightly-7" in key
+    assert day_s - 60 < ttl_s <= day_s
+    assert await post() == (200, first)  # within the window: the same job
+
+    await node.redis.delete(key)  # as Redis does once the 24 h are over
+    status, second = await post()
+    assert status == 201 and second != first
+    key, ttl_s = await idem_record()  # a fresh window, for the new job
+    assert day_s - 60 < ttl_s <= day_s
+    assert await post() == (200, second)
+    async with node.client.get(f"{API}/jobs/{first}", headers=node.auth("alice")) as resp:
+        assert resp.status == 200  # the first job itself is still there
+
+
+async def test_a_job_of_100000_files_is_taken_in_one_request(node: Node) -> None:
+    body = node.body("alice", n=MAX_FILES)
+    assert MAX_FILES == 100_000
+    async with node.client.post(f"{API}/jobs", json=body, headers=node.auth("alice")) as resp:
+        assert resp.status == 201, await resp.text()
+        job_id = (await resp.json())["job_id"]
+    async with node.client.get(f"{API}/jobs/{job_id}", headers=node.auth("alice")) as resp:
+        assert resp.status == 200
+        totals = (await resp.json())["totals"]
+    assert totals["files"] == 100_000
+    assert totals["files_by_state"][FileState.SUBMITTED] == 100_000
+    assert totals["bytes_total"] == sum(1000 + i for i in range(100_000))
+    async with node.client.get(f"{API}/jobs/{job_id}/files", params={"state": "SUBMITTED"},
+                               headers=node.auth("alice")) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["files"][0]["destination"] == body["files"][0]["destination"]
+
+
 async def test_listing_shows_own_jobs_only_and_pages(node: Node) -> None:
     alice_ids = {(await node.submit("alice"))["job_id"] for _ in range(5)}
     bob_ids = {(await node.submit("bob"))["job_id"] for _ in range(2)}

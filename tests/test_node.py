@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -11,12 +12,15 @@ from typing import Any, cast
 
 import pytest
 import redis
+from dramatiq.middleware import TimeLimit
 
 from tests.node_proc import TRANSFERD, Node, Proc, create_token, start_node, wait_until
 from tests.redis_server import RedisServer
 from tests.servers import FaultProxy, NginxServer
 from transferd.client import Client
 from transferd.embedded import PIDFILE_NAME
+from workers.broker import BACKENDS, actor_name, queue_name, transfer_message
+from workers.runner import WorkerPool
 
 MiB = 1024 * 1024
 
@@ -214,6 +218,65 @@ def test_worker_killed_mid_file_is_reaped_and_resumed(
     fetched = proxy.bytes_to_client - sent_before  # bodies plus a few hundred header bytes
     # Only the chunks the manifest did not have were fetched again.
     assert missing <= fetched <= missing + 64 * 1024, (fetched, missing)
+
+
+def test_worker_killed_at_the_default_lease_is_reaped_within_a_minute(
+    node_factory: Callable[..., Node], nginx_server: NginxServer, redis_server: RedisServer,
+    fault_proxy: Callable[[str], FaultProxy], dest: Path,
+) -> None:
+    src = write_random(nginx_server.root / "lease.bin", 32 * MiB)
+    proxy = fault_proxy(nginx_server.url)
+    proxy.set(throttle_bps=2 * MiB)
+    node = node_factory(allow_roots=[dest], workers=0)
+    client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
+    worker = _start_worker(redis_server.url)  # no --lease-s: the default lease
+    job_id = client.submit(
+        [{"source": f"{proxy.url}/lease.bin", "destination": f"file://{dest}/lease.bin",
+          "checksum": f"adler32:{adler32_hex(src)}"}], {},
+    )["job_id"]
+
+    def first_file() -> dict[str, Any]:
+        record: dict[str, Any] = client.files(job_id)["files"][0]
+        return record
+
+    wait_until(lambda: first_file()["state"] == "ACTIVE" and first_file()["bytes_done"] > 0,
+               60, "the file to be moving")
+    worker.kill9()
+    killed_at = time.monotonic()
+    wait_until(lambda: first_file()["state"] == "SUBMITTED", 60,
+               "the file to go back to SUBMITTED within 60 s of the kill")
+    assert time.monotonic() - killed_at <= 60
+    record = first_file()
+    assert record["error_class"] == "lease_expired"
+    assert record["attempts"] == 1
+
+    proxy.set(throttle_bps=0)
+    second = _start_worker(redis_server.url)
+    try:
+        job = wait_state(client, job_id, {"FINISHED", "FAILED"}, 60)
+    finally:
+        second.stop()
+    assert job["state"] == "FINISHED"
+    assert (dest / "lease.bin").read_bytes() == src.read_bytes()
+
+
+def test_no_dramatiq_time_limit_applies_to_transfers(redis_server: RedisServer) -> None:
+    """dramatiq's TimeLimit middleware kills an actor after 10 minutes by default: the
+    pool every worker runs (`transferd worker` and `serve`'s own) must not have it."""
+    pool = WorkerPool(redis_server.url, 1)
+    try:
+        broker = pool.broker
+        limits = [type(m).__name__ for m in broker.middleware if isinstance(m, TimeLimit)]
+        assert limits == [], "TimeLimit middleware would stop transfers after its limit"
+        hour_ms = 3600 * 1000
+        for backend in BACKENDS:
+            actor = broker.get_actor(actor_name(backend))
+            assert actor.broker is broker and actor.queue_name == queue_name(backend)
+            for options in (actor.options, transfer_message(backend, "job.0").options):
+                assert options.get("time_limit", hour_ms) >= hour_ms, (backend, options)
+    finally:
+        pool.broker.close()
+        pool.runtime.loop.close()
 
 
 def test_worker_sigterm_releases_its_file(

@@ -11,25 +11,29 @@ Every route except ``/health`` and ``/openapi.json`` needs a bearer credential
 
 Another tenant's job answers 404, exactly as a job that does not exist, so
 ids cannot be probed.  Checks run in the order authenticate (401) → role
-(403) → request (400) → store, so a refused request stores nothing.  Every
-error is ``application/problem+json`` (``transferd.problem``).
+(403) → request (400) → folder expansion (422/502/504, ``transferd.folders``)
+→ store, so a refused request stores nothing.  Every error is
+``application/problem+json`` (``transferd.problem``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from policies.policy import Policy
 from transferd.auth import Authenticator
 from transferd.config import NodeConfig
+from transferd.folders import FolderLimits, expand_folders
 from transferd.links import LinkBook
 from transferd.models import Job, JobRequest, Principal, Role
 from transferd.openapi import openapi_document
@@ -37,7 +41,7 @@ from transferd.paths import Confiner, PathNotAllowed
 from transferd.problem import FieldError, Problem
 from transferd.states import FileState, JobState
 from transferd.store import JobStore
-from transferd.validation import Invalid, decode_json, parse_job_request
+from transferd.validation import Invalid, decode_json, is_folder, parse_job_request
 
 __all__ = [
     "API_PREFIX",
@@ -63,6 +67,27 @@ PRINCIPAL_KEY = web.RequestKey("transferd.principal", Principal)
 POLICY_KEY: web.AppKey[Callable[[], Policy]] = web.AppKey("transferd.policy")
 LINKS_KEY = web.AppKey("transferd.links", LinkBook)
 
+
+class _ListingSession:
+    """The HTTP session folder listings use, opened on the first folder and closed with the app."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    def get(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+LISTING_KEY = web.AppKey("transferd.listing", _ListingSession)
+FOLDER_LIMITS_KEY = web.AppKey("transferd.folder_limits", FolderLimits)
+
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -76,11 +101,13 @@ def setup_api(
     *,
     policy: Callable[[], Policy] | None = None,
     links: LinkBook | None = None,
+    folder_limits: FolderLimits | None = None,
 ) -> None:
     """Mount ``/api/v1`` on ``app`` with its middleware; the caller owns and closes ``auth``.
 
     ``policy`` gives the policy in force (default: the shipped one); ``links`` reads
-    per-link state (default: one over ``store``'s Redis)."""
+    per-link state (default: one over ``store``'s Redis); ``folder_limits`` bounds
+    the listing of folder sources at submission."""
     default = Policy()
     app[STORE_KEY] = store
     app[AUTH_KEY] = auth
@@ -89,6 +116,14 @@ def setup_api(
     app[LINKS_KEY] = links or LinkBook(
         store.redis, app[POLICY_KEY], config.link_limit, namespace=store.ns
     )
+    app[FOLDER_LIMITS_KEY] = folder_limits or FolderLimits()
+    listing = app[LISTING_KEY] = _ListingSession()
+
+    async def close_listing(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await listing.close()
+
+    app.cleanup_ctx.append(close_listing)
     app.middlewares.append(api_middleware)
     app.router.add_get(f"{API_PREFIX}/health", health)
     app.router.add_get(f"{API_PREFIX}/openapi.json", openapi)
@@ -202,21 +237,32 @@ async def _read_body(request: web.Request) -> bytes:
     return bytes(body)
 
 
-def _confine(request: JobRequest, roots: list[Path], *, sources_too: bool) -> list[FieldError]:
+def _confine(request: JobRequest, roots: list[Path], *, sources_too: bool
+             ) -> tuple[list[FieldError], JobRequest]:
+    """The confinement errors, and ``request`` with file:// destinations resolved.
+
+    Resolved once, here: the worker's sink then refuses any symbolic link along a
+    destination, which can only be one planted after the check.
+    """
     errors: list[FieldError] = []
     confine = Confiner(roots)
+    files = list(request.files)
     for i, spec in enumerate(request.files):
         checks = [("destination", spec.destination)]
         if sources_too:
             checks.append(("source", spec.source))
         for name, url in checks:
             try:
-                confine.check(url)
+                resolved = confine.check(url)
             except PathNotAllowed as exc:
                 errors.append(FieldError(f"files[{i}].{name}", str(exc)))
+                continue
+            if name == "destination" and resolved is not None and not is_folder(
+                    spec.source, spec.destination):
+                files[i] = dataclasses.replace(spec, destination=Path(resolved).as_uri())
         if len(errors) >= 100:
             break
-    return errors
+    return errors, dataclasses.replace(request, files=files)
 
 
 def _validate(raw: bytes, principal: Principal, config: NodeConfig) -> JobRequest:
@@ -232,7 +278,7 @@ def _validate(raw: bytes, principal: Principal, config: NodeConfig) -> JobReques
         more = f" (and {len(exc.errors) - 1} more)" if len(exc.errors) > 1 else ""
         raise Problem(400, f"{first.field}: {first.message}{more}", kind="invalid-request",
                       errors=exc.errors) from None
-    errors = _confine(job_request, config.roots_for(principal.tenant),
+    errors, job_request = _confine(job_request, config.roots_for(principal.tenant),
                       sources_too=config.confine_file_sources)
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
@@ -268,13 +314,25 @@ async def submit_job(request: web.Request) -> web.Response:
         raise _bad("Idempotency-Key",
                    f"1..{MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters without spaces")
     raw = await _read_body(request)
-    job_request = await asyncio.to_thread(_validate, raw, principal, request.app[CONFIG_KEY])
-    try:
-        job, created = await request.app[STORE_KEY].submit(
-            principal, job_request, idempotency_key=key
-        )
-    except ValueError as exc:  # the store's own last-line checks (e.g. no backend for a pair)
-        raise _bad("files", str(exc)) from None
+    config, store = request.app[CONFIG_KEY], request.app[STORE_KEY]
+    job_request = await asyncio.to_thread(_validate, raw, principal, config)
+    job: Job | None = None
+    created = False
+    if any(is_folder(f.source, f.destination) for f in job_request.files):
+        # a replay answers with the job stored before, whatever the folder holds now
+        job = await store.replay(principal, key) if key is not None else None
+        if job is None:
+            job_request = await expand_folders(
+                job_request, request.app[LISTING_KEY].get(),
+                roots=config.roots_for(principal.tenant),
+                confine_sources=config.confine_file_sources,
+                limits=request.app[FOLDER_LIMITS_KEY],
+            )
+    if job is None:
+        try:
+            job, created = await store.submit(principal, job_request, idempotency_key=key)
+        except ValueError as exc:  # the store's own last-line checks (e.g. no backend for a pair)
+            raise _bad("files", str(exc)) from None
     return web.json_response(
         {"job_id": job.job_id, "state": job.state.value},
         status=201 if created else 200,

@@ -38,6 +38,11 @@ class FileSpec:
     size: int | None = None
     checksum: str | None = None  # "alg:hexvalue" or "alg" (compute and record only)
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Bearer tokens for the source / destination endpoint (FTS3's source_tokens and
+    # destination_tokens).  Secrets: kept out of repr, file records and answers
+    # (transferd.endpoint_tokens keeps them in Redis while the job may run).
+    source_token: str | None = field(default=None, repr=False)
+    destination_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

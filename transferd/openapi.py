@@ -17,6 +17,7 @@ from transferd.validation import (
     CHECKSUM_HEX_CHARS,
     MAX_FILES,
     MAX_METADATA_BYTES,
+    MAX_TOKEN_CHARS,
     SCHEMES,
     VERIFY_MODES,
 )
@@ -70,7 +71,11 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "source": {"type": "string", "format": "uri", "maxLength": 8192,
                        "description": "Scheme one of " + ", ".join(sorted(SCHEMES))
-                       + "; file:// only inside the tenant's roots."},
+                       + "; file:// only inside the tenant's roots.  A folder (http(s)/dav(s) "
+                       "collection or file:// directory) ends in `/`, as its destination "
+                       "must: it is listed at submission (recursive PROPFIND, or a walk) and "
+                       "becomes one file per file, relative paths kept, sizes and declared "
+                       "checksums from the listing."},
             "destination": {"type": "string", "format": "uri", "maxLength": 8192,
                             "description": "As source; file:// must resolve inside the "
                             "tenant's allowed roots (no `..`, no symlink escape)."},
@@ -81,6 +86,16 @@ _SCHEMAS: dict[str, Any] = {
                          "and record."},
             "metadata": {"type": "object", "description":
                          f"At most {MAX_METADATA_BYTES} bytes serialized."},
+            "source_token": {
+                "type": "string", "minLength": 1, "maxLength": MAX_TOKEN_CHARS,
+                "pattern": "^[\\x21-\\x7e]+$", "writeOnly": True,
+                "description": "A bearer token the stream mover sends to an http(s)/dav(s) "
+                "source (and uses to list a folder source), as FTS3's `source_tokens`.  "
+                "Never returned; kept only until the job ends."},
+            "destination_token": {
+                "type": "string", "minLength": 1, "maxLength": MAX_TOKEN_CHARS,
+                "pattern": "^[\\x21-\\x7e]+$", "writeOnly": True,
+                "description": "As `source_token`, for a dav(s)/http(s) destination."},
         },
     },
     "JobParams": {
@@ -250,6 +265,11 @@ _PATHS: dict[str, Any] = {
                 **_ERRORS,
                 "413": _problem("The body is too large."),
                 "415": _problem("The body is not JSON."),
+                "422": _problem("A folder source is missing, refuses the listing, is not a "
+                                "folder, is empty, or holds too many files; `field` names it."),
+                "502": _problem("A folder source's server failed to list it (5xx, connection "
+                                "refused or reset)."),
+                "504": _problem("Listing the folder sources took longer than the time limit."),
             },
         },
         "get": {

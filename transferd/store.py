@@ -28,7 +28,8 @@ from redis.exceptions import WatchError
 
 from policies import retry as retry_policy
 from policies.routing import RouteRule, link_of, route
-from transferd import store_lua, store_lua_jobs
+from transferd import endpoint_tokens, store_lua, store_lua_jobs
+from transferd.errors import ChecksumMismatch
 from transferd.models import FileRecord, Job, JobRequest, Principal
 from transferd.states import (
     FILE_TRANSITIONS,
@@ -219,6 +220,14 @@ class JobStore:
                     seq_start += len(chunk)
                 if due_ts is not None:
                     pipe.zadd(self._k("deadlines"), {job_id: due_ts})
+                # endpoint tokens (secrets) beside the job, never in its file hashes
+                creds, refs = endpoint_tokens.token_rows(files)
+                if creds:
+                    pipe.execute_command("HSET", endpoint_tokens.creds_key(self.ns, job_id),
+                                         *chain.from_iterable(creds.items()))
+                for ref_chunk in _chunks(list(refs.items()), BATCH_FILES):
+                    pipe.execute_command("HSET", endpoint_tokens.refs_key(self.ns, job_id),
+                                         *chain.from_iterable(ref_chunk))
                 if idem_key:
                     pipe.set(idem_key, job_id, ex=IDEMPOTENCY_TTL_S)
                 pipe.xadd(
@@ -238,6 +247,11 @@ class JobStore:
         job = await self.get_job(job_id)
         assert job is not None
         return job, True
+
+    async def replay(self, principal: Principal, idempotency_key: str) -> Job | None:
+        """The job ``principal`` already submitted under ``idempotency_key`` (24 h), if any;
+        lets the API answer a replay before it lists folders again."""
+        return await self._job_for_key(self._k("idem", principal.subject, idempotency_key))
 
     async def _job_for_key(self, idem_key: str) -> Job | None:
         job_id = await self.redis.get(idem_key)
@@ -526,6 +540,8 @@ class JobStore:
         SUBMITTED (delayed by policies.retry's backoff) while retries remain,
         else FAILED.  From a worker that no longer holds the lease this changes
         nothing and returns the current state.  KeyError for an unknown file.
+        A ``ChecksumMismatch`` (its error class) also adds one to the file's
+        ``checksum_mismatches``, in the same step.
         """
         stamp = time.time() if now is None else now
         fields = await self.redis.hmget(
@@ -548,8 +564,19 @@ class JobStore:
             self._fail, stamp, file_id, worker_id, error_class, reason,
             int(decision.retry), repr(stamp + decision.delay_s), attempts,
             requeue_from, requeue_to, fail_from, fail_to,
+            int(error_class == ChecksumMismatch.error_class),
         )  # fmt: skip
         return FileState(as_text(result))
+
+    async def checksum_mismatches(self, file_id: str) -> int:
+        """How many attempts of this run of the file ended in a checksum mismatch.
+
+        A run starts at submission or at a job-wide retry; the count is kept
+        apart from ``attempts`` so that transient failures do not use up the
+        one retry a mismatch gets.
+        """
+        value = await self.redis.hget(self._k("file", file_id), "checksum_mismatches")
+        return int(value or 0)
 
     async def release(self, file_id: str, worker_id: str, *, now: float | None = None) -> bool:
         """Give a file back (the worker is shutting down): queued again, attempt not counted."""

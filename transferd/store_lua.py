@@ -87,6 +87,8 @@ local function recompute(ns, job_id, now)
     if new == 'ACTIVE' and blank(v[11]) then redis.call('HSET', jk, 'started_at', now) end
     if TERMINAL_JOB[new] then
       redis.call('HSET', jk, 'finished_at', now)
+      -- the job's endpoint tokens (transferd.endpoint_tokens) end with it
+      redis.call('DEL', ns .. ':creds:' .. job_id)
     else
       redis.call('HSET', jk, 'finished_at', '')
     end
@@ -248,6 +250,9 @@ unqueue(ns, fid, f.link, flow_of_file(f))
 redis.call('SADD', ns .. ':inflight:' .. f.link, fid)
 redis.call('ZADD', ns .. ':leases', lease_until, fid)
 move(ns, fk, fid, f, ARGV[7], now, nil)
+-- attempts is 0 only before a file's first try, including after a job-wide retry
+-- (which resets it): mismatches counted before that are not this run's
+if num(f.attempts) == 0 then redis.call('HDEL', fk, 'checksum_mismatches') end
 redis.call('HSET', fk, 'attempts', istr(num(f.attempts) + 1), 'lease_owner', worker,
   'lease_until', lease_until, 'started_at', now, 'finished_at', '', 'not_before', '',
   'bytes_done', '0', 'rate_bps', '0')
@@ -303,7 +308,8 @@ return 1
 """
 
 # ARGV: ns, now, file_id, worker_id, error_class, reason, retry (1/0), not_before,
-#       expected_attempts, requeue_from, requeue_to, fail_from, fail_to
+#       expected_attempts, requeue_from, requeue_to, fail_from, fail_to,
+#       checksum mismatch (1/0: counted in the file's checksum_mismatches)
 FAIL = r"""
 local ns, now, fid, worker = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local fk = ns .. ':file:' .. fid
@@ -319,6 +325,7 @@ link_outcome(ns, f.link, 'fail', tonumber(now) - num(f.started_at))
 leave_active(ns, fk, fid, f)
 move(ns, fk, fid, f, to, now, ARGV[5])
 redis.call('HSET', fk, 'error_class', ARGV[5], 'reason', ARGV[6])
+if ARGV[14] == '1' then redis.call('HINCRBY', fk, 'checksum_mismatches', 1) end
 if retry then
   redis.call('HSET', fk, 'not_before', ARGV[8])
   if tonumber(ARGV[8]) > tonumber(now) then

@@ -4,7 +4,10 @@
 turns decoded JSON into a ``JobRequest`` or raises ``Invalid`` listing every
 offending field by its JSON path (``files[3].destination``), so one answer
 tells the caller all that is wrong.  Confinement of file:// paths to the
-tenant's roots touches the file system and lives in ``transferd.paths``.
+tenant's roots touches the file system and lives in ``transferd.paths``;
+expanding folder sources (``is_folder``) needs the network and lives in
+``transferd.folders``.  Endpoint tokens are checked here but never echoed in
+a message.
 """
 
 from __future__ import annotations
@@ -23,13 +26,17 @@ from transferd.problem import FieldError
 __all__ = [
     "BACKENDS",
     "CHECKSUM_HEX_CHARS",
+    "FOLDER_SCHEMES",
     "MAX_FILES",
     "MAX_METADATA_BYTES",
+    "MAX_TOKEN_CHARS",
     "SCHEMES",
+    "TOKEN_SCHEMES",
     "VERIFY_MODES",
     "Invalid",
     "check_url",
     "decode_json",
+    "is_folder",
     "parse_checksum",
     "parse_deadline",
     "parse_job_request",
@@ -47,6 +54,11 @@ MAX_URL_CHARS = 8192
 MAX_METADATA_BYTES = 4096
 MAX_ACTIVITY_CHARS = 200
 MAX_ERRORS = 100  # a body with 100,000 bad files gets the first hundred complaints
+MAX_TOKEN_CHARS = 16384  # a large JWT with many scopes fits
+# endpoints the stream mover sends a bearer token to; folders it can list
+TOKEN_SCHEMES = frozenset({"http", "https", "dav", "davs"})
+FOLDER_SCHEMES = frozenset({"file", "http", "https", "dav", "davs"})
+TOKEN_BACKENDS = ("auto", "stream")
 
 _HEX = re.compile(r"^[0-9a-f]+$")
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
@@ -56,7 +68,10 @@ _HOST_PORT = re.compile(
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 _CONTROL_ONLY = re.compile(r"[\x00-\x1f\x7f]")
 _JOB_KEYS = ("files", "params")
-_FILE_KEYS = ("source", "destination", "size", "checksum", "metadata")
+_TOKEN = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: safe in an Authorization header
+_FILE_KEYS = (
+    "source", "destination", "size", "checksum", "metadata", "source_token", "destination_token",
+)
 _PARAM_KEYS = tuple(JobParams.__dataclass_fields__)
 
 
@@ -131,6 +146,40 @@ def check_url(value: Any) -> str | None:
     return None
 
 
+def is_folder(source: str, destination: str) -> bool:
+    """Whether a file spec names a folder to expand: both URLs end in "/" and the
+    source is one the stream mover lists (PROPFIND, or a directory walk)."""
+    scheme = source.partition(":")[0].lower()
+    return source.endswith("/") and destination.endswith("/") and scheme in FOLDER_SCHEMES
+
+
+def _scheme_of(url: Any) -> str:
+    return url.partition(":")[0].lower() if isinstance(url, str) else ""
+
+
+def _token(item: dict[str, Any], side: str, where: str, backend: str,
+           errors: _Errors) -> str | None:
+    """The ``{side}_token`` of a file, checked; the message never repeats the value."""
+    key = f"{side}_token"
+    value = item.get(key)
+    if value is None:
+        return None
+    field = f"{where}.{key}"
+    if not isinstance(value, str):
+        errors.add(field, f"expected a string, got {_kind(value)}")
+    elif not 0 < len(value) <= MAX_TOKEN_CHARS:
+        errors.add(field, f"expected 1..{MAX_TOKEN_CHARS} characters")
+    elif not _TOKEN.match(value):
+        errors.add(field, "only visible ASCII characters (no spaces) may appear in a token")
+    elif _scheme_of(item.get(side)) not in TOKEN_SCHEMES:
+        errors.add(field, f"a bearer token is sent only to http(s):// and dav(s):// {side}s")
+    elif backend not in TOKEN_BACKENDS:
+        errors.add(field, f"only the stream backend sends endpoint tokens, not {backend}")
+    else:
+        return value
+    return None
+
+
 def parse_checksum(value: Any) -> str:
     """``"alg"`` or ``"alg:hex"`` normalised to lower case; raises ValueError saying why."""
     if not isinstance(value, str):
@@ -181,7 +230,7 @@ def _unknown(obj: dict[str, Any], allowed: tuple[str, ...], prefix: str, errors:
             errors.add(f"{prefix}{key}", "unknown field")
 
 
-def _files(value: Any, errors: _Errors) -> Iterator[FileSpec]:
+def _files(value: Any, backend: str, errors: _Errors) -> Iterator[FileSpec]:
     for i, item in enumerate(value):
         if errors.full:
             return
@@ -205,10 +254,26 @@ def _files(value: Any, errors: _Errors) -> Iterator[FileSpec]:
             except ValueError as exc:
                 errors.add(f"{where}.checksum", str(exc))
         metadata = _metadata(item.get("metadata", {}), f"{where}.metadata", errors)
+        source_token = _token(item, "source", where, backend, errors)
+        destination_token = _token(item, "destination", where, backend, errors)
+        if errors.items:
+            continue
+        source, destination = item["source"], item["destination"]
+        if is_folder(source, destination):
+            # each file's size and value come from the listing
+            if size is not None:
+                errors.add(f"{where}.size", "not for a folder source (ending in /)")
+            if checksum is not None and ":" in checksum:
+                errors.add(f"{where}.checksum",
+                           'a folder source takes an algorithm only, e.g. "adler32"')
+        elif source.endswith("/") and _scheme_of(source) in FOLDER_SCHEMES:
+            errors.add(f"{where}.destination",
+                       "a folder source (ending in /) needs a destination ending in /")
         if not errors.items:
             yield FileSpec(
-                source=item["source"], destination=item["destination"], size=size,
-                checksum=checksum, metadata=metadata,
+                source=source, destination=destination, size=size, checksum=checksum,
+                metadata=metadata, source_token=source_token,
+                destination_token=destination_token,
             )
 
 
@@ -281,7 +346,7 @@ def parse_job_request(body: Any, *, now: float) -> JobRequest:
     elif not 1 <= len(raw_files) <= MAX_FILES:
         errors.add("files", f"expected 1..{MAX_FILES} files, got {len(raw_files)}")
     else:
-        files = list(_files(raw_files, errors))
+        files = list(_files(raw_files, params.backend, errors))
     if errors.items:
         raise Invalid(errors.items)
     return JobRequest(files=files, params=params)

@@ -25,7 +25,8 @@ from tenacity import (
 
 from policies import retry as retry_policy
 from policies.chunking import tune
-from transferd.errors import Canceled, TransferError
+from transferd.endpoint_tokens import endpoint_headers
+from transferd.errors import Canceled, ChecksumMismatch, TransferError
 from transferd.links import record_rtt
 from transferd.models import FileRecord
 from transferd.ocm.exchange import share_headers
@@ -130,11 +131,14 @@ async def _copy(
 
     sink = None
     try:
-        # a job from an OCM share reads with the share's secret or an exchanged token
-        headers = await share_headers(redis, session, record.job_id) or no_headers
+        # a file's own endpoint tokens first; a job from an OCM share reads with the
+        # share's secret or an exchanged token
+        source_auth, sink_auth = await endpoint_headers(redis, record.job_id, record.index)
+        headers = source_auth or await share_headers(redis, session, record.job_id) or no_headers
         source = open_source(record.source, session, headers)
         sink = open_sink(
-            record.destination, session, no_headers, params.overwrite if params else False
+            record.destination, session, sink_auth or no_headers,
+            params.overwrite if params else False
         )
         try:
             result = await copy_file(
@@ -208,8 +212,14 @@ async def _failed(
     retryable = retry_policy.retryable(
         exc.error_class, exc.retryable, (await rt.current_policy()).retry_classes
     )
-    if exc.error_class == "checksum" and record.attempts >= 2:
-        retryable = False  # a second mismatch is not bad luck on the wire
+    if (
+        retryable
+        and exc.error_class == ChecksumMismatch.error_class
+        and await report_retry(store.checksum_mismatches)(record.file_id) >= 1
+    ):
+        # A second mismatch is not bad luck on the wire.  Counted apart from
+        # attempts: a reset connection before the first one must not use up its retry.
+        retryable = False
     state = await report_retry(store.fail)(
         record.file_id,
         rt.worker_id,

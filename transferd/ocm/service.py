@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -258,7 +259,9 @@ class OcmService:
             raise OcmError(400, "the share needs a token exchange but the sender has no "
                                 "tokenEndPoint", [("protocol", "must-exchange-token")])
         share_id = str(uuid.uuid4())
-        dest_root = recipient.root / share.name
+        # resolved now: the worker's sink refuses every symbolic link along a
+        # destination, so a recipient root that is itself a link is followed here, once
+        dest_root = Path(os.path.realpath(recipient.root)) / share.name
         files = await self._expand(share, src, dest_root, remote.token_endpoint)
         record = ShareRecord(
             id=share_id, name=share.name, owner=share.owner, sender=share.sender,

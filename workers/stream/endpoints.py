@@ -44,11 +44,16 @@ def open_sink(
     session: aiohttp.ClientSession | None,
     headers: HeaderProvider = no_headers,
     overwrite: bool = False,
+    parents_may_be_links: bool = False,
 ) -> Sink:
-    """A Sink for ``url``; PermanentError for a scheme the mover cannot write."""
+    """A Sink for ``url``; PermanentError for a scheme the mover cannot write.
+
+    ``parents_may_be_links`` lets a file:// sink follow symbolic links among the
+    destination's parent directories (``transferd cp``); otherwise it refuses them.
+    """
     scheme = scheme_of(url)
     if scheme == "file":
-        return FileSink(url, overwrite=overwrite)
+        return FileSink(url, overwrite=overwrite, parents_may_be_links=parents_may_be_links)
     if scheme in SINK_SCHEMES:
         cls = importlib.import_module("workers.stream.dav").DavSink
         sink: Sink = cls(url, _need(session, url), headers, overwrite)

@@ -5,6 +5,14 @@ event loop keeps serving the other chunks, the heartbeat and cancellation.
 The sink never lets a partial or unverified file appear at the final name: it
 writes ``<name>.part`` and ``os.replace``s it only on ``commit()``, which the
 engine calls after the checksum matched.
+
+Nor does the sink follow a symbolic link anywhere along the destination path:
+it walks from ``/`` one directory fd at a time (``O_NOFOLLOW``), creates
+missing parents at those fds, and opens, renames and removes names only
+relative to the parent's fd.  The file:// check at submission
+(``transferd.paths``) cannot see a link planted inside an allowed root later;
+such a link makes the write fail with a ``PermanentError`` instead of leading
+it outside the root.
 """
 
 from __future__ import annotations
@@ -184,6 +192,71 @@ class _DestinationExists(Exception):
     pass
 
 
+class _LinkInPath(Exception):
+    """A component of the destination path is a symbolic link; ``args[0]`` is its path."""
+
+
+# A directory is opened without following a link in its last component (each
+# earlier one was opened the same way).
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _is_link_at(dir_fd: int, name: str) -> bool:
+    try:
+        return stat_mod.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _open_dir_at(dir_fd: int, name: str, shown: Path) -> int:
+    """The fd of directory ``name`` in ``dir_fd``; ``_LinkInPath(shown)`` when it is a link."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        # O_DIRECTORY|O_NOFOLLOW on a link fails with ENOTDIR (or ELOOP): tell the
+        # two cases apart, since only one of them is a file in the way.
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP) and _is_link_at(dir_fd, name):
+            raise _LinkInPath(shown) from None
+        raise
+
+
+def _open_directory(directory: Path, *, create: bool) -> int:
+    """An fd of ``directory`` reached from ``/`` without following any symbolic link.
+
+    With ``create``, missing components are made one at a time at their
+    parent's fd (``mkdir`` never follows a link in its last component either).
+    """
+    fd = os.open("/", _DIR_FLAGS)
+    try:
+        walked = Path("/")
+        for name in Path(os.path.abspath(directory)).parts[1:]:
+            walked = walked / name
+            try:
+                child = _open_dir_at(fd, name, walked)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                with contextlib.suppress(FileExistsError):  # a concurrent copy made it
+                    os.mkdir(name, 0o777, dir_fd=fd)
+                child = _open_dir_at(fd, name, walked)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_file_at(dir_fd: int, name: str, flags: int, shown: Path) -> int:
+    """``os.open`` of ``name`` in ``dir_fd`` that refuses a link with ``_LinkInPath(shown)``."""
+    try:
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _LinkInPath(shown) from None
+        raise
+
+
 class FileSink:
     """Writes ``<name>.part`` at chunk offsets and renames it into place on commit."""
 
@@ -191,14 +264,22 @@ class FileSink:
     # write_chunk/write_stream take ``before_write`` (see the engine).
     hashes_while_writing = True
 
-    def __init__(self, url: str, *, overwrite: bool = False) -> None:
+    def __init__(self, url: str, *, overwrite: bool = False,
+                 parents_may_be_links: bool = False) -> None:
         self.url = url
+        # ``transferd cp`` writes where its user points, links and all; the daemon's
+        # destinations were resolved inside the tenant's roots at submission, so a
+        # link along them now was planted since and is refused.
+        self.parents_may_be_links = parents_may_be_links
         self.path = path_of(url)
         self.part_path = self.path.with_name(self.path.name + ".part")
         self.overwrite = overwrite
         # True once prepare() kept an earlier attempt's .part (see base.Sink).
         self.resumed = False
         self._fd: int | None = None
+        # The parent directory, opened without following links in prepare(): the
+        # rename and the clean-up use it, so a link planted meanwhile is never followed.
+        self._dir_fd: int | None = None
         self._size: int | None = None
         # Thread calls using the fd; abort() waits for them so that closing the
         # fd can never redirect a late pwrite into whatever file reuses its number.
@@ -212,27 +293,33 @@ class FileSink:
             self._fd, self.resumed = await in_io_thread(self._open, size, resume_key)
         except _DestinationExists:
             raise errors.PermanentError(f"destination exists: {self.path}") from None
+        except _LinkInPath as exc:
+            raise self._link_refused(exc) from None
         except OSError as exc:
             raise _os_error(exc, f"write {self.part_path}") from exc
         self._size = size
 
+    def _link_refused(self, exc: _LinkInPath) -> errors.PermanentError:
+        return errors.PermanentError(
+            f"refusing to write {self.path}: {exc.args[0]} is a symbolic link, and the "
+            "destination is never written through one"
+        )
+
     def _open(self, size: int | None, resume_key: str | None) -> tuple[int, bool]:
-        # One thread hop: the existence check, the parents and the open.
-        if not self.overwrite and self.path.exists():
-            raise _DestinationExists
-        fd = -1
-        if resume_key is not None:
-            # An earlier attempt's .part is kept for the engine to resume from.
-            with contextlib.suppress(FileNotFoundError):
-                fd = os.open(self.part_path, os.O_RDWR)
-        keep = fd >= 0
-        if not keep:
-            flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC
-            try:
-                fd = os.open(self.part_path, flags, 0o644)
-            except FileNotFoundError:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.part_path, flags, 0o644)
+        # One thread hop: the parents, the existence check and the open.
+        if self.parents_may_be_links:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            dir_fd = os.open(self.path.parent, _DIR_FLAGS & ~os.O_NOFOLLOW)
+        else:
+            dir_fd = _open_directory(self.path.parent, create=True)
+        try:
+            fd, keep = self._open_part(dir_fd, resume_key)
+        except BaseException:
+            os.close(dir_fd)
+            raise
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+        self._dir_fd = dir_fd
         try:
             if size is not None:
                 if keep and os.fstat(fd).st_size > size:
@@ -243,6 +330,47 @@ class FileSink:
             os.close(fd)
             raise
         return fd, keep
+
+    def _check_final_name(self, dir_fd: int) -> bool:
+        """Whether the final name exists; ``_LinkInPath`` when it is a link."""
+        try:
+            st = os.lstat(self.path.name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return False
+        if stat_mod.S_ISLNK(st.st_mode):
+            # Even with overwrite: the caller meant the file, not the link to it.
+            raise _LinkInPath(self.path)
+        return True
+
+    def _open_part(self, dir_fd: int, resume_key: str | None) -> tuple[int, bool]:
+        """The ``.part``'s fd in ``dir_fd``, and whether it is an earlier attempt's."""
+        if self._check_final_name(dir_fd) and not self.overwrite:
+            raise _DestinationExists
+        name = self.part_path.name
+        try:
+            old = os.lstat(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            old = None
+        if old is not None and stat_mod.S_ISLNK(old.st_mode):
+            raise _LinkInPath(self.part_path)
+        if resume_key is not None and old is not None and stat_mod.S_ISREG(old.st_mode):
+            # An earlier attempt's .part is kept for the engine to resume from,
+            # unless it is (now) a hard link: writing it would change another name's file.
+            fd = -1
+            with contextlib.suppress(FileNotFoundError):
+                fd = _open_file_at(dir_fd, name, os.O_RDWR, self.part_path)
+            if fd >= 0:
+                st = os.fstat(fd)
+                if stat_mod.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                    return fd, True
+                os.close(fd)
+        if old is not None:
+            # Removing the name leaves whatever else it names (a hard link's
+            # other names, a device) untouched; O_EXCL then makes a new file.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dir_fd)
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
+        return _open_file_at(dir_fd, name, flags, self.part_path), False
 
     @staticmethod
     def _preallocate(fd: int, size: int) -> None:
@@ -329,26 +457,38 @@ class FileSink:
         fd = self._require_fd()
         try:
             await in_io_thread(self._commit, fd)
+        except _LinkInPath as exc:
+            raise self._link_refused(exc) from None
         except OSError as exc:
             raise _os_error(exc, f"rename {self.part_path} to {self.path.name}") from exc
-        self._fd = None
         # The rename is durable once its directory is: concurrent commits into
         # one directory share a directory fsync, each waiting for one that
         # started after its own rename.
         await sync_directory(self.path.parent)
 
     def _commit(self, fd: int) -> None:
+        dir_fd = self._dir_fd
+        if dir_fd is None:
+            raise RuntimeError("FileSink committed before prepare()")
         st = os.fstat(fd)
         if self._size is not None and st.st_size != self._size:
             raise OSError(errno.EIO, f"partial file has {st.st_size} bytes")
         # The data (and the size) must be on disk before the name points at it.
         os.fdatasync(fd)
+        # Forgotten at once: abort() after a failure below must not close the
+        # number again, which another thread's open may have reused by then.
+        self._fd = None
         os.close(fd)
-        if not self.overwrite and self.path.exists():
+        if self._check_final_name(dir_fd) and not self.overwrite:
             raise FileExistsError(errno.EEXIST, "destination appeared during the copy")
-        os.replace(self.part_path, self.path)
+        # rename() follows no link at either name, and both are taken in the
+        # directory opened in prepare(): a link planted after the check above
+        # is replaced itself, nothing outside is written.
+        os.replace(self.part_path.name, self.path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         with contextlib.suppress(FileNotFoundError):
-            sidecar_path(self.path).unlink()
+            os.unlink(sidecar_path(self.path).name, dir_fd=dir_fd)
+        self._dir_fd = None
+        os.close(dir_fd)
 
     async def abort(self, *, keep_partial: bool) -> None:
         fd, self._fd = self._fd, None
@@ -360,12 +500,24 @@ class FileSink:
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        if keep_partial:
-            return
-        side = sidecar_path(self.path)
-        for p in (self.part_path, side, side.with_name(side.name + ".tmp")):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+        dir_fd, self._dir_fd = self._dir_fd, None
+        try:
+            if keep_partial:
+                return
+            if dir_fd is None:  # never prepared: an earlier attempt's partial may be there
+                try:
+                    dir_fd = (os.open(self.path.parent, _DIR_FLAGS & ~os.O_NOFOLLOW)
+                              if self.parents_may_be_links
+                              else _open_directory(self.path.parent, create=False))
+                except (OSError, _LinkInPath):
+                    return  # no directory reachable without a link holds a partial of ours
+            side = sidecar_path(self.path).name
+            for name in (self.part_path.name, side, side + ".tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=dir_fd)
+        finally:
+            if dir_fd is not None:
+                os.close(dir_fd)
 
 
 class _DirSync:
