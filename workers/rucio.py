@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
 from transferd.errors import (
     AuthError,
     Canceled,
@@ -197,6 +199,14 @@ def _error(exc: Exception, what: str) -> TransferError:
 
 # -- the client ----------------------------------------------------------------------------
 
+# Only RetryableError: an auth or a "no such rule" answer is final at once.
+_read_retry = retry(
+    retry=retry_if_exception_type(RetryableError),
+    wait=wait_exponential_jitter(initial=0.5, max=4.0),
+    stop=stop_after_attempt(4),
+    reraise=True,
+)
+
 
 class RucioLink:
     """One worker process's rucio-clients ``Client`` (synchronous: called in threads)."""
@@ -210,6 +220,13 @@ class RucioLink:
             self.client = await asyncio.to_thread(make_client, self.settings)
         except Exception as exc:
             raise _error(exc, "connecting") from None
+
+    @_read_retry
+    async def read(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``call`` for a read that changes nothing (a rule, its locks): a transient
+        failure (server restarting, connection reset) is tried again a few times,
+        with backoff, before it fails the attempt."""
+        return await self.call(what, method, *args, **kwargs)
 
     async def call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
         """``client.method(*args)``; an iterator answer is read to a list in the thread too."""
@@ -281,8 +298,8 @@ async def move_rucio_file(rt: WorkerRuntime, run: FileRun) -> Copied:
              run.record.file_id, rule_id, scope, name, len(sizes), total)
     seen: dict[str, int] = {}
     while True:
-        rule = await link.call("reading the rule", "get_replication_rule", rule_id)
-        locks = await link.call("listing locks", "list_replica_locks", rule_id)
+        rule = await link.read("reading the rule", "get_replication_rule", rule_id)
+        locks = await link.read("listing locks", "list_replica_locks", rule_id)
         done, counts = lock_progress(locks, sizes)
         run.report(done)
         if counts != seen:
