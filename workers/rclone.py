@@ -118,7 +118,8 @@ class RcloneDaemon:
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._auth = aiohttp.BasicAuth(secrets.token_hex(8), secrets.token_urlsafe(24))
+        # the rc API's own credentials, made per daemon; passed to rclone on its command line
+        self._rc_user, self._rc_pass = secrets.token_hex(8), secrets.token_urlsafe(24)
 
     @property
     def socket_path(self) -> Path:
@@ -136,7 +137,7 @@ class RcloneDaemon:
         args = [
             self.exe, "rcd",
             "--rc-addr", f"unix://{self.socket_path}",
-            "--rc-user", self._auth.login, "--rc-pass", self._auth.password,
+            "--rc-user", self._rc_user, "--rc-pass", self._rc_pass,
             "--rc-serve",  # lets us read a copied object back for checksums
             "--rc-job-expire-duration", JOB_EXPIRE,
             "--webdav-pacer-min-sleep", "0",  # the default 10 ms caps small files at ~100/s
@@ -149,7 +150,7 @@ class RcloneDaemon:
         )
         self._session = aiohttp.ClientSession(
             connector=aiohttp.UnixConnector(path=str(self.socket_path)),
-            auth=self._auth,
+            headers={"Authorization": aiohttp.encode_basic_auth(self._rc_user, self._rc_pass)},
             timeout=aiohttp.ClientTimeout(total=RC_TIMEOUT_S),
         )
         deadline = time.monotonic() + START_TIMEOUT_S

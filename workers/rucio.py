@@ -202,7 +202,7 @@ def _error(exc: Exception, what: str) -> TransferError:
 # Only RetryableError: an auth or a "no such rule" answer is final at once.
 _read_retry = retry(
     retry=retry_if_exception_type(RetryableError),
-    wait=wait_exponential_jitter(initial=0.5, max=4.0),
+    wait=wait_exponential_jitter(multiplier=0.5, max=4.0),
     stop=stop_after_attempt(4),
     reraise=True,
 )
