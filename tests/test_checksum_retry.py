@@ -31,13 +31,6 @@ def adler(data: bytes) -> str:
 
 
 @pytest.fixture
-def dest(tmp_path: Path) -> Path:
-    d = tmp_path / "dest"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
 def client(node_factory: Callable[..., Node], redis_server: RedisServer, dest: Path) -> Client:
     node = node_factory(allow_roots=[dest])
     return Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))

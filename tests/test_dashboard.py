@@ -53,13 +53,6 @@ def page(browser: Browser) -> Iterator[Page]:
     context.close()
 
 
-@pytest.fixture
-def dest(tmp_path: Path) -> Path:
-    d = tmp_path / "dest"
-    d.mkdir()
-    return d
-
-
 def shot(page: Page, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"

@@ -23,6 +23,7 @@ import pytest
 import redis.asyncio
 
 from policies.chunking import ChunkPolicy, MiB
+from tests.manifests import AfterChunks
 from tests.peers import HttpPeer
 from tests.servers import FaultProxy, NginxServer, WsgidavServer
 from transferd import errors
@@ -30,10 +31,6 @@ from workers.stream.engine import copy_file
 from workers.stream.http import HttpSource, new_session
 from workers.stream.local import FileSink, url_of
 from workers.stream.manifest import (
-    ChunkRecord,
-    Manifest,
-    ManifestHeader,
-    ManifestStore,
     RedisManifestStore,
 )
 
@@ -66,28 +63,6 @@ def names(directory: Path) -> list[str]:
 
 def chunk_ranges(size: int, chunk: int) -> set[str]:
     return {f"bytes={off}-{min(off + chunk, size) - 1}" for off in range(0, size, chunk)}
-
-
-class AfterChunks:
-    """A real manifest store that runs ``then()`` once ``n`` chunks are recorded."""
-
-    def __init__(self, inner: ManifestStore, n: int, then: Callable[[], None]) -> None:
-        self.inner, self.n, self.then = inner, n, then
-
-    async def load(self) -> Manifest | None:
-        return await self.inner.load()
-
-    async def reset(self, header: ManifestHeader) -> None:
-        await self.inner.reset(header)
-
-    async def record(self, index: int, chunk: ChunkRecord) -> None:
-        await self.inner.record(index, chunk)
-        self.n -= 1
-        if self.n == 0:
-            self.then()
-
-    async def clear(self) -> None:
-        await self.inner.clear()
 
 
 # ---------------------------------------------------------------- nginx → file

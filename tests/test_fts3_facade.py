@@ -39,13 +39,6 @@ def wait_fts(ctx: Any, job_id: str, states: set[str] = FTS_TERMINAL, timeout_s: 
 
 
 @pytest.fixture
-def dest(tmp_path: Path) -> Path:
-    d = tmp_path / "dest"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
 def fts_node(
     node_factory: Callable[..., Node], redis_server: RedisServer, dest: Path
 ) -> tuple[Node, str]:

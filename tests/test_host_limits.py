@@ -63,13 +63,6 @@ def write_policy(path: Path, text: str) -> Path:
 
 
 @pytest.fixture
-def dest(tmp_path: Path) -> Path:
-    d = tmp_path / "dest"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
 def slow_source(nginx_server: NginxServer, fault_proxy: Callable[[str], FaultProxy]) -> str:
     """The base URL of a throttled path to nginx serving one 1 MiB file, ``one.bin``."""
     (nginx_server.root / "one.bin").write_bytes(os.urandom(1 * MiB))

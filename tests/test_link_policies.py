@@ -31,13 +31,6 @@ def link_named(ops: Client, name: str) -> dict[str, Any] | None:
     return next((link for link in ops.links() if link["link"] == name), None)
 
 
-@pytest.fixture
-def dest(tmp_path: Path) -> Path:
-    d = tmp_path / "dest"
-    d.mkdir()
-    return d
-
-
 def test_a_bad_policy_file_stops_start_up_naming_the_key(tmp_path: Path) -> None:
     bad = write_policy(tmp_path / "bad.toml", "[optimizer]\nmin_active = 0\n")
     out = subprocess.run(

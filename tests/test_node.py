@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-import pytest
 import redis
 from dramatiq.middleware import TimeLimit
 
@@ -50,13 +49,6 @@ def wait_state(client: Client, job_id: str, states: set[str], timeout_s: float =
         return job if job["state"] in states else None
 
     return wait_until(done, timeout_s, f"job {job_id} to reach {states}")  # type: ignore[return-value]
-
-
-@pytest.fixture
-def dest(tmp_path: Path) -> Path:
-    d = tmp_path / "dest"
-    d.mkdir()
-    return d
 
 
 def test_submit_http_source_finishes_with_verified_checksum(

@@ -49,13 +49,6 @@ def only_file(client: Client, job_id: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def dest(tmp_path: Path) -> Path:
-    d = tmp_path / "dest"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
 def client_node(
     node_factory: Callable[..., Node], redis_server: RedisServer, dest: Path
 ) -> Callable[..., tuple[Client, Node]]:

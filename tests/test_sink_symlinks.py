@@ -11,23 +11,20 @@ with a permanent error whose sentence names the link.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from policies.chunking import ChunkPolicy, MiB
+from tests.manifests import AfterChunks
 from tests.servers import NginxServer
 from transferd import errors
 from workers.stream.engine import copy_file
 from workers.stream.http import HttpSource, new_session
 from workers.stream.local import FileSink, FileSource, url_of
 from workers.stream.manifest import (
-    ChunkRecord,
-    Manifest,
-    ManifestHeader,
-    ManifestStore,
     SidecarManifestStore,
 )
 
@@ -71,28 +68,6 @@ def assert_refused(exc: errors.TransferError, dst: Path, link: Path) -> None:
         f"refusing to write {dst}: {link} is a symbolic link, "
         "and the destination is never written through one"
     )
-
-
-class AfterChunks:
-    """A real manifest store that runs ``then()`` once ``n`` chunks are recorded."""
-
-    def __init__(self, inner: ManifestStore, n: int, then: Callable[[], None]) -> None:
-        self.inner, self.n, self.then = inner, n, then
-
-    async def load(self) -> Manifest | None:
-        return await self.inner.load()
-
-    async def reset(self, header: ManifestHeader) -> None:
-        await self.inner.reset(header)
-
-    async def record(self, index: int, chunk: ChunkRecord) -> None:
-        await self.inner.record(index, chunk)
-        self.n -= 1
-        if self.n == 0:
-            self.then()
-
-    async def clear(self) -> None:
-        await self.inner.clear()
 
 
 # ---------------------------------------------------------------- planted before the copy
