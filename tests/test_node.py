@@ -7,10 +7,11 @@ import os
 import signal
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
 import redis
 from dramatiq.middleware import TimeLimit
 
@@ -166,8 +167,23 @@ def test_idempotent_resubmit_returns_the_same_job(
     assert [j["job_id"] for j in client.jobs()["jobs"]] == [first["job_id"]]
 
 
+_WORKERS: list[Proc] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_outlives_its_test() -> Iterator[None]:
+    """A worker left by a failed test would reconnect to whichever later test's Redis
+    reuses its port, and take that test's files."""
+    yield
+    while _WORKERS:
+        proc = _WORKERS.pop()
+        if proc.popen.poll() is None:
+            proc.kill9()
+
+
 def _start_worker(redis_url: str, *extra: str) -> Proc:
     proc = Proc.start([*TRANSFERD, "worker", "--redis-url", redis_url, "--threads", "2", *extra])
+    _WORKERS.append(proc)
     proc.wait_for_line("ready", 30)
     return proc
 
@@ -181,7 +197,9 @@ def test_worker_killed_mid_file_is_reaped_and_resumed(
     slack_s = size / (20 * MiB)  # room for big sizes on a slow disk
     src = write_random(nginx_server.root / "resume.bin", size)
     proxy = fault_proxy(nginx_server.url)
-    proxy.set(throttle_bps=max(16 * MiB, size // 4))  # about 4 s for the whole file
+    # per connection, and the file moves on 4 at once: about 4 s for the whole file, so
+    # the kill lands while later chunks are still to come (a finished copy has no manifest)
+    proxy.set(throttle_bps=max(4 * MiB, size // 64))
     node = node_factory(allow_roots=[dest], workers=0)
     client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
     worker = _start_worker(redis_server.url, "--lease-s", "3", "--chunk-size", "8M")
@@ -189,19 +207,25 @@ def test_worker_killed_mid_file_is_reaped_and_resumed(
         [{"source": f"{proxy.url}/resume.bin", "destination": f"file://{dest}/resume.bin",
           "checksum": f"adler32:{adler32_hex(src)}"}], {},
     )["job_id"]
-    wait_until(lambda: client.job(job_id)["totals"]["bytes_done"] >= size // 2, 60 + slack_s,
-               "half")
+    file_id = f"{job_id}.0"
+    store = redis.Redis(port=redis_server.port)
+
+    def chunks_recorded() -> int:
+        # no decode_responses: the client answers bytes
+        keys = cast("list[bytes]", store.hkeys(f"td:manifest:{file_id}"))
+        return sum(1 for k in keys if k.startswith(b"c:"))
+
+    # Half the bytes may be in flight on every stream before any chunk is whole:
+    # kill once half is done and the manifest holds a chunk.
+    wait_until(lambda: client.job(job_id)["totals"]["bytes_done"] >= size // 2
+               and chunks_recorded() > 0, 60 + slack_s, "half, with a chunk recorded")
     worker.kill9()
     proxy.set(throttle_bps=0)
     # Bytes the dead worker's connections were still being sent are not the
     # resume's: count from when its sockets are all gone.
     wait_until(lambda: proxy.open_sockets == 0, 30, "the killed worker's connections to end")
     sent_before = proxy.bytes_to_client
-    file_id = f"{job_id}.0"
-    # no decode_responses: the client answers bytes
-    manifest_keys = cast(
-        "list[bytes]", redis.Redis(port=redis_server.port).hkeys(f"td:manifest:{file_id}"))
-    done_chunks = sum(1 for k in manifest_keys if k.startswith(b"c:"))
+    done_chunks = chunks_recorded()
     assert done_chunks > 0, "no chunk was recorded before the kill"
     missing = size - done_chunks * 8 * MiB
     second = _start_worker(redis_server.url, "--lease-s", "3", "--chunk-size", "8M")
