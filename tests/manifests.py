@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from workers.stream.manifest import ChunkRecord, Manifest, ManifestHeader, ManifestStore
@@ -27,3 +28,8 @@ class AfterChunks:
 
     async def clear(self) -> None:
         await self.inner.clear()
+
+
+def cancel_after(inner: ManifestStore, n: int, cancel: asyncio.Event) -> AfterChunks:
+    """A real manifest store that sets ``cancel`` once ``n`` chunks are recorded."""
+    return AfterChunks(inner, n, cancel.set)

@@ -24,6 +24,7 @@ import redis.asyncio
 from yarl import URL
 
 from policies.chunking import ChunkPolicy, MiB
+from tests.manifests import cancel_after
 from tests.peers import HttpPeer, NcPeer
 from tests.servers import FaultProxy, NginxServer, RcloneWebdav, wait_until
 from transferd import errors
@@ -33,10 +34,6 @@ from workers.stream.engine import copy_file
 from workers.stream.http import HttpSource, new_session
 from workers.stream.local import FileSource, url_of
 from workers.stream.manifest import (
-    ChunkRecord,
-    Manifest,
-    ManifestHeader,
-    ManifestStore,
     RedisManifestStore,
 )
 
@@ -66,28 +63,6 @@ def source_file(tmp_path: Path, size: int, name: str = "src.bin") -> tuple[str, 
 def files_under(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes()
             for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-class CancelAfter:
-    """A real manifest store that sets ``cancel`` once ``n`` chunks are recorded."""
-
-    def __init__(self, inner: ManifestStore, n: int, cancel: asyncio.Event) -> None:
-        self.inner, self.n, self.cancel = inner, n, cancel
-
-    async def load(self) -> Manifest | None:
-        return await self.inner.load()
-
-    async def reset(self, header: ManifestHeader) -> None:
-        await self.inner.reset(header)
-
-    async def record(self, index: int, chunk: ChunkRecord) -> None:
-        await self.inner.record(index, chunk)
-        self.n -= 1
-        if self.n <= 0:
-            self.cancel.set()
-
-    async def clear(self) -> None:
-        await self.inner.clear()
 
 
 # ---------------------------------------------------------------- plain PUT servers
@@ -166,7 +141,7 @@ async def test_nextcloud_interrupted_upload_resumes_with_missing_chunks_only(
     sink = DavSink(url, session)
     with pytest.raises(errors.Canceled):
         # one stream: the chunks done are 1..3 with no gap, so all of them can be reused
-        await copy_file(FileSource(src), sink, manifest=CancelAfter(store, 3, cancel),
+        await copy_file(FileSource(src), sink, manifest=cancel_after(store, 3, cancel),
                         policy=ONE_STREAM, cancel=cancel, resume_key="res.0")
     await sink.abort(keep_partial=True)
     assert not (nc_server.root / "res.bin").exists()

@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio
 
 from policies.chunking import ChunkPolicy, MiB
+from tests.manifests import cancel_after
 from transferd import errors
 from workers.stream.engine import copy_file, expand
 from workers.stream.local import FileSink, FileSource, url_of
@@ -40,36 +41,13 @@ def adler(data: bytes) -> str:
     return f"adler32:{zlib.adler32(data):08x}"
 
 
-class CancelAfter:
-    """A real manifest store that sets ``cancel`` once ``n`` chunks are recorded,
-    to interrupt a copy at a known point."""
-
-    def __init__(self, inner: ManifestStore, n: int, cancel: asyncio.Event) -> None:
-        self.inner, self.n, self.cancel = inner, n, cancel
-
-    async def load(self) -> Manifest | None:
-        return await self.inner.load()
-
-    async def reset(self, header: ManifestHeader) -> None:
-        await self.inner.reset(header)
-
-    async def record(self, index: int, chunk: ChunkRecord) -> None:
-        await self.inner.record(index, chunk)
-        self.n -= 1
-        if self.n <= 0:
-            self.cancel.set()
-
-    async def clear(self) -> None:
-        await self.inner.clear()
-
-
 async def interrupted_copy(src: Path, dst: Path, store: ManifestStore, after_chunks: int,
                            policy: ChunkPolicy) -> None:
     """Copy until ``after_chunks`` chunks are done, then cancel, keeping the partial."""
     cancel = asyncio.Event()
     sink = FileSink(url_of(dst))
     with pytest.raises(errors.Canceled):
-        await copy_file(FileSource(url_of(src)), sink, manifest=CancelAfter(store, after_chunks,
+        await copy_file(FileSource(url_of(src)), sink, manifest=cancel_after(store, after_chunks,
                         cancel), policy=policy, cancel=cancel)
     await sink.abort(keep_partial=True)
     assert not dst.exists()
@@ -210,7 +188,7 @@ async def test_cancel_leaves_nothing_at_the_final_name(tmp_path: Path) -> None:
     dst = tmp_path / "dst"
     cancel = asyncio.Event()
     sink = FileSink(url_of(dst))
-    store = CancelAfter(SidecarManifestStore(sidecar_path(dst)), 1, cancel)
+    store = cancel_after(SidecarManifestStore(sidecar_path(dst)), 1, cancel)
     with pytest.raises(errors.Canceled):
         await copy_file(FileSource(url_of(tmp_path / "src")), sink, manifest=store,
                         policy=SMALL_CHUNKS, cancel=cancel)
