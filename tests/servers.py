@@ -366,6 +366,9 @@ class FaultKnobs:
     reset_probability: float = 0.0  # RST with this probability per forwarded piece
     resets_left: int | None = None  # stop injecting resets after this many (None: no limit)
     stalled: bool = False  # hold all bytes while True
+    # once the client has sent these bytes: pass them on, end the request stream, RST the
+    # client and drop the server's answers (a reply lost after the request arrived); once
+    cut_after_request: bytes | None = None
 
 
 class FaultProxy:
@@ -449,13 +452,25 @@ class FaultProxy:
             while self.knobs.stalled:
                 await asyncio.sleep(0.01)
 
+        cut = [False]
+
         async def up() -> None:
+            tail = b""
             while data := await creader.read(1 << 16):
                 await hold()
                 if self.knobs.request_latency_s:
                     await asyncio.sleep(self.knobs.request_latency_s)
                 uwriter.write(data)
                 await uwriter.drain()
+                mark = self.knobs.cut_after_request
+                if mark is not None and mark in tail + data:
+                    # the server gets every byte and a clean end; only the client is cut
+                    self.knobs.cut_after_request = None
+                    self.resets += 1
+                    cut[0] = True
+                    self._rst(cwriter)
+                    break
+                tail = (tail + data)[-len(mark):] if mark else b""
             uwriter.write_eof()
 
         async def down() -> None:
@@ -469,6 +484,8 @@ class FaultProxy:
                 data = await ureader.read(size)
                 if not data:
                     break
+                if cut[0]:
+                    continue  # the client is gone: read the server out to its end
                 await hold()
                 k = self.knobs
                 if (k.reset_after_bytes is not None and sent[0] + len(data) >= k.reset_after_bytes
@@ -480,13 +497,19 @@ class FaultProxy:
                 if k.reset_probability and random.random() < k.reset_probability \
                         and self._take_reset():
                     raise ConnectionResetError
-                cwriter.write(data)
-                await cwriter.drain()
+                try:
+                    cwriter.write(data)
+                    await cwriter.drain()
+                except ConnectionError:
+                    if cut[0]:
+                        continue
+                    raise
                 sent[0] += len(data)
                 self.bytes_to_client += len(data)
                 if k.throttle_bps:
                     await asyncio.sleep(len(data) / k.throttle_bps)
-            cwriter.write_eof()
+            if not cut[0]:
+                cwriter.write_eof()
 
         tasks = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
         try:

@@ -516,11 +516,7 @@ async def test_a_job_of_100000_files_is_taken_in_one_request(node: Node) -> None
     body = node.body("alice", n=MAX_FILES)
     assert MAX_FILES == 100_000
     async with node.client.post(f"{API}/jobs", json=body, headers=node.auth("alice")) as resp:
-        # Known defect (see the closing note of 2026-12-02): under load, the Redis client
-        # can time out on the 100,000-file EXEC that did commit, retry it, meet its own
-        # job through WATCH and answer 200 as for a replay.  The job is stored whole
-        # either way, which is what the rest of this test checks.
-        assert resp.status in (200, 201), await resp.text()
+        assert resp.status == 201, await resp.text()
         job_id = (await resp.json())["job_id"]
     async with node.client.get(f"{API}/jobs/{job_id}", headers=node.auth("alice")) as resp:
         assert resp.status == 200

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import redis.asyncio
 
+from tests.servers import FaultProxy
 from transferd import store_lua
 from transferd.models import FileSpec, JobParams, JobRequest, Principal, Role
 from transferd.states import FileState, JobState, job_state
@@ -179,6 +180,33 @@ async def test_hundred_thousand_files(store: JobStore, aredis: redis.asyncio.Red
     assert canceled.files_by_state[FileState.CANCELED] == MAX_FILES_PER_JOB
     assert await aredis.zcard(f"td:q:{LINK}") == 0
     await assert_consistent(aredis, job.job_id)
+
+
+async def test_a_submission_whose_commit_reply_is_lost_still_answers_created(
+    aredis: redis.asyncio.Redis, redis_url: str, fault_proxy: Callable[[str], FaultProxy]
+) -> None:
+    # The connection drops after EXEC reached Redis and before its reply came back (as
+    # when a busy server answers a 100,000-file submission after the client timed out):
+    # redis-py reports WatchError.  The submitter must still hear "created" (the API's
+    # 201), not "a replay of your own job" (200).
+    proxy = fault_proxy(redis_url)
+    proxy.set(cut_after_request=b"EXEC\r\n")
+    through_proxy = redis.asyncio.Redis(host="127.0.0.1", port=proxy.port)
+    try:
+        job, created = await JobStore(through_proxy).submit(
+            ALICE, request(10), idempotency_key="lost-reply"
+        )
+    finally:
+        await through_proxy.aclose()
+    assert proxy.resets == 1  # the reply was lost
+    assert created
+    assert await aredis.zcard("td:jobs") == 1
+    assert job.files_by_state[FileState.SUBMITTED] == 10
+    # a real replay of the same key is still a replay
+    again, created_again = await JobStore(aredis).submit(
+        ALICE, request(10), idempotency_key="lost-reply"
+    )
+    assert again.job_id == job.job_id and not created_again
 
 
 async def test_too_many_files_or_bad_urls_store_nothing(

@@ -67,8 +67,9 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 async def _token_create(args: argparse.Namespace) -> None:
     import inspect
 
-    import redis.asyncio
+    import redis
 
+    from transferd import redis_conn
     from transferd.auth import create_token
     from transferd.embedded import EmbeddedRedis, EmbeddedRedisError
     from transferd.models import Role
@@ -89,7 +90,7 @@ async def _token_create(args: argparse.Namespace) -> None:
         except EmbeddedRedisError as err:
             raise UsageError(str(err)) from None
         redis_url = embedded.url
-    client = redis.asyncio.Redis.from_url(redis_url)
+    client = redis_conn.connect(redis_url)
     try:
         result: Any = create_token(client, args.tenant, Role(args.role), args.name)
         token = await result if inspect.isawaitable(result) else result

@@ -22,10 +22,10 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import redis.asyncio
 from aiohttp import web
 
 from policies.policy import Policy, PolicyError, load_policy
+from transferd import redis_conn
 from transferd.api import setup_api
 from transferd.auth import Authenticator
 from transferd.config import NodeConfig
@@ -70,7 +70,7 @@ def build_app(
     app = web.Application(client_max_size=256 * 1024 * 1024)
     holder = policy or PolicyHolder()
     app[POLICY] = holder
-    client = redis.asyncio.Redis.from_url(redis_url)
+    client = redis_conn.connect(redis_url)
     store = JobStore(client, routing_rules=lambda: holder().routing)
     auth = Authenticator(client, config)
     book = LinkBook(client, holder, config.link_limit, namespace=store.ns)
@@ -121,7 +121,7 @@ async def reload_policy(app: web.Application) -> None:
         log.error("policy not reloaded, the one in force stays: %s", exc)
         print(f"policy not reloaded: {exc}", flush=True)
         return
-    client = redis.asyncio.Redis.from_url(app[REDIS_URL])
+    client = redis_conn.connect(app[REDIS_URL])
     try:
         await publish_policy(client, policy)
     finally:

@@ -18,8 +18,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import chain
 from typing import Any, TypeVar
 
@@ -27,19 +26,26 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from policies import retry as retry_policy
-from policies.routing import RouteRule, link_of, route
+from policies.routing import RouteRule, route
 from transferd import endpoint_tokens, store_lua, store_lua_jobs
 from transferd.errors import ChecksumMismatch
 from transferd.models import FileRecord, Job, JobRequest, Principal
 from transferd.states import (
     FILE_TRANSITIONS,
-    JOB_TERMINAL,
     FileEvent,
     FileState,
     JobState,
     job_state,
 )
-from transferd.store_records import as_text, decode_hash, file_from_hash, job_from_hash
+from transferd.store_records import (
+    as_text,
+    deadline_ts,
+    decode_hash,
+    file_from_hash,
+    file_row,
+    job_from_hash,
+    new_job_row,
+)
 
 MAX_FILES_PER_JOB = 100_000
 IDEMPOTENCY_TTL_S = 24 * 3600
@@ -47,28 +53,15 @@ BATCH_FILES = 5_000  # files per bulk script (cancel, retry, accept, expire) or 
 SCAN_BATCH = 1_000  # ids per promote / reap script
 LOAD_BATCH_FILES = 1_000  # files per loader script in submit (a few ms of Redis time each)
 T = TypeVar("T")
-_PRIORITY_SHIFT = 2**44  # queue score = (9 - priority) * shift + FIFO sequence
-
-
-def queue_score(priority: int, seq: int) -> int:
-    """The queue score: higher priority first, then first in first out (Lua mirrors it)."""
-    return (9 - max(0, min(9, priority))) * _PRIORITY_SHIFT + seq
+_SET_MEMBERS = (
+    "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'members', ARGV[1]) end"
+)
 
 
 def _edge(event: FileEvent) -> tuple[str, str]:
     """The allowed from-states (comma-separated) and the target of ``event``, for a script."""
     sources, target = FILE_TRANSITIONS[event]
     return ",".join(sorted(s.value for s in sources)), target.value
-
-
-def deadline_ts(deadline: str | None) -> float | None:
-    """An RFC 3339 deadline as unix seconds (a time without offset is taken as UTC)."""
-    if not deadline:
-        return None
-    moment = datetime.fromisoformat(deadline.replace("Z", "+00:00").replace("z", "+00:00"))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
 
 
 class JobStore:
@@ -153,45 +146,27 @@ class JobStore:
         now = time.time()
         accepted = not awaiting_acceptance
         state = job_state({FileState.SUBMITTED: len(files)}, accepted=accepted)
-        file_rows: list[list[str]] = []
-        bytes_total = 0
         rules = self.routing_rules()
-        for index, spec in enumerate(files):
-            file_rows.append(
-                [
-                    str(index),
-                    spec.source,
-                    spec.destination,
-                    route(spec.source, spec.destination, params.backend, size=spec.size,
-                          rules=rules),
-                    link_of(spec.source, spec.destination),
-                    "" if spec.size is None else str(spec.size),
-                    spec.checksum or "",
-                    json.dumps(spec.metadata) if spec.metadata else "",
-                ]
+        file_rows = [
+            file_row(
+                index,
+                spec,
+                route(spec.source, spec.destination, params.backend, size=spec.size, rules=rules),
             )
-            bytes_total += spec.size or 0
-        job_row: dict[str, str | int | float] = {
-            "job_id": job_id,
-            "owner": principal.tenant,
-            "submitter": principal.subject,
-            "state": state.value,
-            "params": json.dumps(params.to_json()),
-            "created_at": repr(now),
-            "updated_at": repr(now),
-            "started_at": "",
-            "finished_at": repr(now) if state in JOB_TERMINAL else "",
-            "files_total": len(files),
-            "bytes_total": bytes_total,
-            "bytes_done": 0,
-            "rate_bps": 0,
-            "accepted": int(accepted),
-            "cancel_requested": 0,
-            "expired": 0,
-            "deadline_ts": "" if due_ts is None else repr(due_ts),
-            **{f"n:{s.value}": 0 for s in FileState},
-            f"n:{FileState.SUBMITTED.value}": len(files),
-        }
+            for index, spec in enumerate(files)
+        ]
+        # the nonce tells this submission's own commit from a concurrent one's (see below)
+        nonce = uuid.uuid4().hex
+        job_row = new_job_row(
+            job_id,
+            principal,
+            request,
+            state=state,
+            now=now,
+            accepted=accepted,
+            deadline_ts=due_ts,
+            nonce=nonce,
+        )
         # FIFO numbers reserved outside the transaction: a lost race only leaves a gap
         seq_end = int(await self.redis.incrby(self._k("seq"), max(1, len(files))))
         seq_start = seq_end - len(files) + 1
@@ -223,11 +198,17 @@ class JobStore:
                 # endpoint tokens (secrets) beside the job, never in its file hashes
                 creds, refs = endpoint_tokens.token_rows(files)
                 if creds:
-                    pipe.execute_command("HSET", endpoint_tokens.creds_key(self.ns, job_id),
-                                         *chain.from_iterable(creds.items()))
+                    pipe.execute_command(
+                        "HSET",
+                        endpoint_tokens.creds_key(self.ns, job_id),
+                        *chain.from_iterable(creds.items()),
+                    )
                 for ref_chunk in _chunks(list(refs.items()), BATCH_FILES):
-                    pipe.execute_command("HSET", endpoint_tokens.refs_key(self.ns, job_id),
-                                         *chain.from_iterable(ref_chunk))
+                    pipe.execute_command(
+                        "HSET",
+                        endpoint_tokens.refs_key(self.ns, job_id),
+                        *chain.from_iterable(ref_chunk),
+                    )
                 if idem_key:
                     pipe.set(idem_key, job_id, ex=IDEMPOTENCY_TTL_S)
                 pipe.xadd(
@@ -238,12 +219,15 @@ class JobStore:
                 )  # fmt: skip
                 await pipe.execute()
             except WatchError:
-                # a concurrent submit with the same key or id committed first: replay it
+                # Either a concurrent submit with the same key or id committed first (replay
+                # it), or our own EXEC committed and its reply was lost: redis-py reports a
+                # connection error or timeout while watching as WatchError.  The nonce tells.
                 winner = await self._job_for_key(idem_key) if idem_key else None
                 winner = winner or await self.get_job(job_id)
                 if winner is None:
                     raise
-                return winner, False
+                won = await self.redis.hget(self._k("job", winner.job_id), "nonce")
+                return winner, won is not None and as_text(won) == nonce
         job = await self.get_job(job_id)
         assert job is not None
         return job, True
@@ -301,9 +285,7 @@ class JobStore:
             offset += len(rows)
             entries = [(as_text(row[0]), float(row[1])) for row in rows]
             # equal scores come in descending member order: skip up to the cursor's member
-            entries = [
-                (m, s) for m, s in entries if after is None or s < after[0] or m < after[1]
-            ]
+            entries = [(m, s) for m, s in entries if after is None or s < after[0] or m < after[1]]
             jobs = await self._get_jobs([m for m, _ in entries])
             for job in jobs:
                 if job is None or (owner is not None and job.owner != owner):
@@ -587,6 +569,10 @@ class JobStore:
     async def set_size(self, file_id: str, size: int) -> bool:
         """Record a size learned by the worker; the job's bytes_total follows."""
         return bool(await self._run(self._set_size, None, file_id, int(size)))
+
+    async def set_members(self, file_id: str, members: Sequence[Mapping[str, Any]]) -> None:
+        """Record the member files of a dataset source and their states (while it exists)."""
+        await self.redis.eval(_SET_MEMBERS, 1, self._k("file", file_id), json.dumps(members))
 
     async def active_files(self, job_id: str) -> list[FileRecord]:
         """The job's ACTIVE files (for cancel fan-out to backends like FTS or Rucio)."""

@@ -98,7 +98,7 @@ local function recompute(ns, job_id, now)
 end
 
 local function queue_score(priority, seq)
-  -- mirrors transferd.store.queue_score: priority 9..0 in the high bits, FIFO below
+  -- priority 9..0 in the high bits (2^44 apart), the FIFO sequence below
   local p = math.max(0, math.min(9, math.floor(priority)))
   return istr((9 - p) * 17592186044416 + seq)
 end

@@ -1,4 +1,4 @@
-"""How the job store's Redis hashes read back as ``Job`` and ``FileRecord``.
+"""The job store's Redis rows: written at submission, read back as ``Job`` and ``FileRecord``.
 
 The field names are the key layout of docs/contracts.md, as ``transferd.store``
 writes them and the Lua scripts (``transferd.store_lua``) update them; a hash
@@ -9,12 +9,84 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
-from transferd.models import FileRecord, Job, JobParams
-from transferd.states import FileState, JobState
+from policies.routing import link_of
+from transferd.models import FileRecord, FileSpec, Job, JobParams, JobRequest, Principal
+from transferd.states import JOB_TERMINAL, FileState, JobState
 
-__all__ = ["as_text", "decode_hash", "file_from_hash", "job_from_hash"]
+__all__ = [
+    "as_text",
+    "deadline_ts",
+    "decode_hash",
+    "file_from_hash",
+    "file_row",
+    "job_from_hash",
+    "new_job_row",
+]
+
+
+def deadline_ts(deadline: str | None) -> float | None:
+    """An RFC 3339 deadline as unix seconds (a time without offset is taken as UTC)."""
+    if not deadline:
+        return None
+    moment = datetime.fromisoformat(deadline.replace("Z", "+00:00").replace("z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def file_row(index: int, spec: FileSpec, backend: str) -> list[str]:
+    """One file as the submission loader script takes it (transferd/store_lua.py)."""
+    return [
+        str(index),
+        spec.source,
+        spec.destination,
+        backend,
+        link_of(spec.source, spec.destination),
+        "" if spec.size is None else str(spec.size),
+        spec.checksum or "",
+        json.dumps(spec.metadata) if spec.metadata else "",
+    ]
+
+
+def new_job_row(
+    job_id: str,
+    principal: Principal,
+    request: JobRequest,
+    *,
+    state: JobState,
+    now: float,
+    accepted: bool,
+    deadline_ts: float | None,
+    nonce: str,
+) -> dict[str, str | int | float]:
+    """The ``job:{id}`` hash of a new job, every file SUBMITTED.  ``nonce`` is private to
+    the store (never read into a ``Job``): it tells a submission its own commit."""
+    files = request.files
+    return {
+        "job_id": job_id,
+        "owner": principal.tenant,
+        "submitter": principal.subject,
+        "state": state.value,
+        "params": json.dumps(request.params.to_json()),
+        "created_at": repr(now),
+        "updated_at": repr(now),
+        "started_at": "",
+        "finished_at": repr(now) if state in JOB_TERMINAL else "",
+        "files_total": len(files),
+        "bytes_total": sum(spec.size or 0 for spec in files),
+        "bytes_done": 0,
+        "rate_bps": 0,
+        "accepted": int(accepted),
+        "cancel_requested": 0,
+        "expired": 0,
+        "deadline_ts": "" if deadline_ts is None else repr(deadline_ts),
+        "nonce": nonce,
+        **{f"n:{s.value}": 0 for s in FileState},
+        f"n:{FileState.SUBMITTED.value}": len(files),
+    }
 
 
 def as_text(value: object) -> str:
@@ -89,4 +161,5 @@ def file_from_hash(h: Mapping[str, str]) -> FileRecord:
         started_at=_opt_float(h, "started_at"),
         finished_at=_opt_float(h, "finished_at"),
         metadata=json.loads(h["metadata"]) if h.get("metadata") else {},
+        members=json.loads(h["members"]) if h.get("members") else None,
     )

@@ -39,6 +39,7 @@ import redis.asyncio
 
 from policies.chunking import ChunkPolicy, LinkStats
 from policies.policy import Policy, PolicyError, policy_from_json
+from transferd import redis_conn
 from transferd.models import JobParams
 from transferd.store import JobStore
 from workers.stream.http import new_session
@@ -163,7 +164,7 @@ class WorkerRuntime:
         self.loop.run_forever()
 
     async def _open(self) -> None:
-        self.redis = redis.asyncio.Redis.from_url(self.redis_url)
+        self.redis = redis_conn.connect(self.redis_url)
         self.session = new_session()
         self.store = JobStore(self.redis)
         self._presence = self.loop.create_task(self._announce_presence())
