@@ -119,6 +119,15 @@ def test_cancel_mid_transfer_stops_and_leaves_nothing(
     )
     job_id = answer["job_id"]
     wait_until(lambda: client.job(job_id)["totals"]["bytes_done"] > 0, 30, "bytes to move")
+    # while it runs, the job reports its rate and an ETA that follows from it
+    wait_until(lambda: client.job(job_id)["totals"]["eta_s"] is not None, 30, "an ETA")
+    totals = client.job(job_id)["totals"]
+    assert totals["bytes_total"] == 40 * MiB  # the size the worker learned from the source
+    assert 0 < totals["rate_bps"] <= 4 * MiB  # the link is throttled to 2 MiB/s
+    left = totals["bytes_total"] - totals["bytes_done"]
+    assert totals["eta_s"] == pytest.approx(left / totals["rate_bps"])
+    running = client.files(job_id)["files"][0]
+    assert running["state"] == "ACTIVE" and running["rate_bps"] > 0
     canceled = client.cancel(job_id)
     assert canceled["state"] == "CANCELED"
     # the worker notices within its heartbeat and removes its partial data

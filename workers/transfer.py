@@ -141,9 +141,16 @@ async def _copy(
             params.overwrite if params else False
         )
         try:
+            known = None
+            if record.size is None:
+                # learn the size now, not at the end: the job's bytes_total and ETA need it
+                known = await source.stat()
+                if known.size is not None:
+                    await store.set_size(record.file_id, known.size)
             result = await copy_file(
                 source,
                 sink,
+                info=known,
                 expected_checksum=record.checksum,
                 verify=params.verify_checksum if params else "both",
                 manifest=manifest,
