@@ -116,9 +116,10 @@ def redis_keys_holding(url: str, needles: list[bytes]) -> list[bytes]:
     return hits
 
 
+@pytest.mark.parametrize("backend", ["stream", "rclone"])
 def test_tokens_reach_their_endpoints_and_leave_no_trace(
     node_factory: Callable[..., Node], redis_server: RedisServer, guarded: Guarded,
-    tmp_path: Path,
+    tmp_path: Path, backend: str,
 ) -> None:
     dest, local = tmp_path / "dest", tmp_path / "local"
     dest.mkdir()
@@ -144,13 +145,13 @@ def test_tokens_reach_their_endpoints_and_leave_no_trace(
          "destination": f"{dst}/up/small.bin",
          "source_token": SOURCE_TOKEN, "destination_token": DESTINATION_TOKEN},
     ]
-    job_id = client.submit(files, {"verify_checksum": "both"})["job_id"]
-    assert wait_job(client, job_id)["state"] == "FINISHED"
+    job_id = client.submit(files, {"verify_checksum": "both", "backend": backend})["job_id"]
+    assert wait_job(client, job_id)["state"] == "FINISHED", client.files(job_id)
 
     listed = client.files(job_id)["files"]
     expected = [blobs["big.bin"], blobs["big.bin"][: 3 * MiB], blobs["small.bin"]]
     for record, data in zip(listed, expected, strict=True):
-        assert record["state"] == "FINISHED", record
+        assert record["state"] == "FINISHED" and record["backend"] == backend, record
         assert record["verified_checksum"] == f"adler32:{adler32_hex(data)}"
     assert (dest / "big.bin").read_bytes() == blobs["big.bin"]
     assert (guarded.destination.root / "up" / "up.bin").read_bytes() == expected[1]
@@ -251,7 +252,7 @@ def test_bad_tokens_are_refused_naming_the_field_and_never_echoed(
     spec = {"source": "https://src.example.org/x.bin", "destination": f"file://{tmp_path}/x.bin",
             "source_token": "T0k3n-for-a-file"}
     with pytest.raises(ClientError) as err:
-        client.submit([spec], {"backend": "rclone"})
+        client.submit([spec], {"backend": "fts"})
     assert err.value.status == 400 and err.value.fields == ["files[0].source_token"]
-    assert "stream backend" in json.dumps(err.value.problem)
+    assert "stream and rclone backends" in json.dumps(err.value.problem)
     assert client.jobs()["jobs"] == []

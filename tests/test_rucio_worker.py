@@ -27,6 +27,7 @@ from transferd.errors import PermanentError
 from workers.rucio import (
     RucioSettings,
     lock_progress,
+    member_states,
     parse_did,
     parse_rse_expression,
     rule_outcome,
@@ -86,6 +87,23 @@ def test_progress_counts_the_bytes_of_ok_locks() -> None:
              {"scope": "s", "name": "b", "state": "REPLICATING"},
              {"scope": "s", "name": "c", "state": "LockState.OK"}]
     assert lock_progress(locks, sizes) == (50, {"OK": 2, "REPLICATING": 1})
+
+
+def test_a_datasets_files_take_their_states_from_their_locks() -> None:
+    files = [{"scope": "s", "name": n, "bytes": b, "adler32": a}
+             for n, b, a in (("a", 10, "1f2e3d"), ("b", 20, None), ("c", 40, "0a0b0c0d"),
+                             ("d", 80, None))]
+    locks = [{"scope": "s", "name": "a", "state": "LockState.OK"},
+             {"scope": "s", "name": "b", "state": "REPLICATING"},
+             {"scope": "s", "name": "c", "state": "STUCK"}]
+    assert member_states(files, locks) == [
+        {"did": "s:a", "bytes": 10, "state": "FINISHED", "lock": "OK",
+         "checksum": "adler32:001f2e3d"},
+        {"did": "s:b", "bytes": 20, "state": "ACTIVE", "lock": "REPLICATING", "checksum": None},
+        {"did": "s:c", "bytes": 40, "state": "FAILED", "lock": "STUCK",
+         "checksum": "adler32:0a0b0c0d"},
+        {"did": "s:d", "bytes": 80, "state": "SUBMITTED", "lock": None, "checksum": None},
+    ]
 
 
 # -- against the real server -----------------------------------------------------------------
@@ -154,6 +172,12 @@ def test_dataset_rule_moves_the_files_through_transferd(world: World) -> None:
     assert job["state"] == "FINISHED", record
     assert record["backend"] == "rucio"
     assert record["bytes_done"] == sum(len(d) for d in blobs.values())
+    # each file of the dataset has its own state, size and Rucio's checksum
+    assert sorted(record["members"], key=lambda m: m["did"]) == [
+        {"did": f"{lab.scope}:{name}", "bytes": len(data), "state": "FINISHED", "lock": "OK",
+         "checksum": f"adler32:{adler32(data)}"}
+        for name, data in sorted(blobs.items())
+    ]
 
     [rule] = lab.rules("obs1")
     assert rule["state"] == "OK" and rule["rse_expression"] == world.dst.name
@@ -189,20 +213,27 @@ def test_a_rule_that_already_exists_is_adopted_not_duplicated(world: World) -> N
 
 
 def test_missing_source_file_ends_stuck_with_rucios_reason(world: World) -> None:
+    # a dataset of two: one file copies, the other's bytes are not where Rucio says
     lab = world.lab
-    lab.add_file(world.src, "gone.bin", os.urandom(64 * KiB), on_disk=False)
+    here = lab.add_file(world.src, "here.bin", os.urandom(32 * KiB))
+    gone = lab.add_file(world.src, "gone.bin", os.urandom(64 * KiB), on_disk=False)
+    lab.add_dataset("half", [here, gone])
 
-    job_id = world.submit("gone.bin")
+    job_id = world.submit("half")
     job = world.wait_job(job_id, timeout_s=90)
     record = world.record(job_id)
     assert job["state"] == "FAILED", record
 
-    [rule] = lab.rules("gone.bin")
+    [rule] = lab.rules("half")
     assert rule["state"] == "STUCK" and rule["locks_stuck_cnt"] == 1
+    assert rule["locks_ok_cnt"] == 1
     assert rule["error"], rule
     assert record["error_class"] == "stuck"
     assert rule["error"] in record["reason"]
     assert "404" in record["reason"]  # our mover's own words, carried by Rucio and back
+    states = {m["did"]: (m["state"], m["lock"]) for m in record["members"]}
+    assert states == {f"{lab.scope}:here.bin": ("FINISHED", "OK"),
+                      f"{lab.scope}:gone.bin": ("FAILED", "STUCK")}
 
 
 def test_cancel_deletes_the_rule(world: World, fault_proxy: Callable[[str], FaultProxy]

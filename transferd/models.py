@@ -151,6 +151,8 @@ class FileRecord:
     started_at: float | None
     finished_at: float | None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # the files inside a dataset source and their own states (the Rucio backend's)
+    members: list[dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -174,4 +176,4 @@ class FileRecord:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "metadata": self.metadata,
-        }
+        } | ({"members": self.members} if self.members is not None else {})

@@ -89,9 +89,10 @@ _SCHEMAS: dict[str, Any] = {
             "source_token": {
                 "type": "string", "minLength": 1, "maxLength": MAX_TOKEN_CHARS,
                 "pattern": "^[\\x21-\\x7e]+$", "writeOnly": True,
-                "description": "A bearer token the stream mover sends to an http(s)/dav(s) "
-                "source (and uses to list a folder source), as FTS3's `source_tokens`.  "
-                "Never returned; kept only until the job ends."},
+                "description": "A bearer token the stream mover or rclone sends to an "
+                "http(s)/dav(s) source (and uses to list a folder source), as FTS3's "
+                "`source_tokens`; the fts and rucio backends refuse it.  Never returned; "
+                "kept only until the job ends."},
             "destination_token": {
                 "type": "string", "minLength": 1, "maxLength": MAX_TOKEN_CHARS,
                 "pattern": "^[\\x21-\\x7e]+$", "writeOnly": True,
@@ -195,6 +196,25 @@ _SCHEMAS: dict[str, Any] = {
             "started_at": {"type": ["number", "null"]},
             "finished_at": {"type": ["number", "null"]},
             "metadata": {"type": "object"},
+            "members": {
+                "type": "array",
+                "description": "Only for a dataset source (rucio://scope/dataset): its files, "
+                "each with its own state from its Rucio replica lock.",
+                "items": {
+                    "type": "object",
+                    "required": ["did", "bytes", "state", "lock", "checksum"],
+                    "properties": {
+                        "did": {"type": "string", "description": "scope:name"},
+                        "bytes": {"type": "integer"},
+                        "state": {"enum": ["SUBMITTED", "ACTIVE", "FINISHED", "FAILED",
+                                           "CANCELED"]},
+                        "lock": {"type": ["string", "null"],
+                                 "description": "Rucio's lock state (OK, REPLICATING, STUCK)"},
+                        "checksum": {"type": ["string", "null"],
+                                     "description": "adler32 as Rucio records it"},
+                    },
+                },
+            },
         },
     },
     "JobPage": {

@@ -58,7 +58,7 @@ MAX_TOKEN_CHARS = 16384  # a large JWT with many scopes fits
 # endpoints the stream mover sends a bearer token to; folders it can list
 TOKEN_SCHEMES = frozenset({"http", "https", "dav", "davs"})
 FOLDER_SCHEMES = frozenset({"file", "http", "https", "dav", "davs"})
-TOKEN_BACKENDS = ("auto", "stream")
+TOKEN_BACKENDS = ("auto", "stream", "rclone")
 
 _HEX = re.compile(r"^[0-9a-f]+$")
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
@@ -174,7 +174,8 @@ def _token(item: dict[str, Any], side: str, where: str, backend: str,
     elif _scheme_of(item.get(side)) not in TOKEN_SCHEMES:
         errors.add(field, f"a bearer token is sent only to http(s):// and dav(s):// {side}s")
     elif backend not in TOKEN_BACKENDS:
-        errors.add(field, f"only the stream backend sends endpoint tokens, not {backend}")
+        errors.add(field, f"only the stream and rclone backends send endpoint tokens, "
+                          f"not {backend}")
     else:
         return value
     return None

@@ -14,7 +14,8 @@ Endpoints, as ``(fs, remote)`` pairs for ``operations/copyfile``:
   (``RCLONE_CONFIG`` or rclone's default location);
 - ``http(s)://`` and ``dav(s)://``: an on-the-fly WebDAV remote (given to rclone
   as a JSON object, so a bearer token never appears in a connection string
-  that rclone might log); a job from an OCM share reads with the share's token;
+  that rclone might log), with the file's own ``source_token`` or
+  ``destination_token``; a job from an OCM share reads with the share's token;
 - ``file://``: the local file system.
 
 Integrity: rclone compares a hash only when both sides share one (over plain
@@ -45,6 +46,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
 
+from transferd.endpoint_tokens import HeaderProvider, endpoint_headers
 from transferd.errors import (
     AuthError,
     Canceled,
@@ -55,9 +57,11 @@ from transferd.errors import (
     RetryableError,
     TransferError,
 )
+from transferd.models import FileRecord
 from transferd.ocm.exchange import share_headers
 from workers.backend import Copied, FileRun
 from workers.runtime import WorkerRuntime
+from workers.stream.base import no_headers
 from workers.stream.checksums import ChecksumSpec, new_hasher, parse_spec, values_equal
 from workers.stream.endpoints import open_source
 
@@ -305,9 +309,16 @@ def _display(fs: Fs, remote: str) -> str:
 # -- the mover -----------------------------------------------------------------------------
 
 
-async def _bearer(rt: WorkerRuntime, job_id: str) -> str | None:
+async def _endpoint_auth(rt: WorkerRuntime, record: FileRecord
+                         ) -> tuple[HeaderProvider | None, HeaderProvider | None]:
+    """The (source, destination) credentials: the file's own ``source_token`` and
+    ``destination_token`` first; a job from an OCM share reads with the share's."""
     assert rt.redis is not None and rt.session is not None
-    provider = await share_headers(rt.redis, rt.session, job_id)
+    source, destination = await endpoint_headers(rt.redis, record.job_id, record.index)
+    return source or await share_headers(rt.redis, rt.session, record.job_id), destination
+
+
+async def _bearer_of(provider: HeaderProvider | None) -> str | None:
     if provider is None:
         return None
     header = (await provider()).get("Authorization", "")
@@ -319,8 +330,9 @@ async def move_rclone_file(rt: WorkerRuntime, run: FileRun) -> Copied:
     """Copy one file with rclone's ``operations/copyfile``, then verify it ourselves."""
     record = run.record
     daemon = await daemon_for(rt)
-    src_fs, src_remote = split_endpoint(record.source, await _bearer(rt, record.job_id))
-    dst_fs, dst_remote = split_endpoint(record.destination)
+    source_auth, destination_auth = await _endpoint_auth(rt, record)
+    src_fs, src_remote = split_endpoint(record.source, await _bearer_of(source_auth))
+    dst_fs, dst_remote = split_endpoint(record.destination, await _bearer_of(destination_auth))
     overwrite = bool(run.params and run.params.overwrite)
     # a second attempt may replace what our own first attempt left behind
     if not overwrite and record.attempts <= 1 and await _exists(daemon, dst_fs, dst_remote):
@@ -339,7 +351,7 @@ async def move_rclone_file(rt: WorkerRuntime, run: FileRun) -> Copied:
             await daemon.call("core/stats-delete", {"group": group})
     if not status.get("success"):
         raise classify_error(str(status.get("error") or "the copy failed without a message"))
-    return await _verify(rt, daemon, run, dst_fs, dst_remote)
+    return await _verify(rt, daemon, run, dst_fs, dst_remote, destination_auth or no_headers)
 
 
 async def _exists(daemon: RcloneDaemon, fs: Fs, remote: str) -> bool:
@@ -386,14 +398,15 @@ async def _stop(daemon: RcloneDaemon, job_id: int) -> None:
 
 
 async def _read_back(
-    rt: WorkerRuntime, daemon: RcloneDaemon, dst_fs: Fs, dst_remote: str, url: str
+    rt: WorkerRuntime, daemon: RcloneDaemon, dst_fs: Fs, dst_remote: str, url: str,
+    headers: HeaderProvider,
 ) -> AsyncIterator[bytes]:
     if isinstance(dst_fs, str) and dst_fs != "/":
         async for block in daemon.read(dst_fs, dst_remote):
             yield block
         return
     source = open_source(url.replace("dav://", "http://", 1).replace("davs://", "https://", 1),
-                         rt.session)
+                         rt.session, headers)
     try:
         info = await source.stat()
         async for block in source.read(info, 0, None):
@@ -403,7 +416,8 @@ async def _read_back(
 
 
 async def _verify(
-    rt: WorkerRuntime, daemon: RcloneDaemon, run: FileRun, dst_fs: Fs, dst_remote: str
+    rt: WorkerRuntime, daemon: RcloneDaemon, run: FileRun, dst_fs: Fs, dst_remote: str,
+    headers: HeaderProvider,
 ) -> Copied:
     record = run.record
     mode = run.params.verify_checksum if run.params else "both"
@@ -412,7 +426,7 @@ async def _verify(
         return Copied(None, run.progress.bytes_done)
     hasher = new_hasher(spec.algorithm)
     size = 0
-    async for block in _read_back(rt, daemon, dst_fs, dst_remote, record.destination):
+    async for block in _read_back(rt, daemon, dst_fs, dst_remote, record.destination, headers):
         hasher.update(block)  # adler32 runs at ~3 GB/s: a 1 MiB block costs well under 1 ms
         size += len(block)
     actual = hasher.hexdigest()

@@ -10,6 +10,11 @@ dataset with the total size); STUCK or SUSPENDED → FAILED with the rule's
 retrying would only wait on the same rule); canceled → the rule is deleted
 (``_delete_rule``), which makes Rucio cancel its transfers too.
 
+A dataset's files are listed as the ``members`` of our file record, each with
+its bytes, its adler32 and its own state from its replica lock (SUBMITTED
+until Rucio locks it, then ACTIVE, FINISHED or FAILED; CANCELED when we delete
+the rule before it got there).
+
 Idempotency: Rucio allows one rule per DID, account and RSE expression, so a
 second delivery (or a submission whose answer was lost) finds the existing
 rule (``DuplicateRule`` → ``list_did_rules``) and follows it.
@@ -57,6 +62,7 @@ __all__ = [
     "RucioSettings",
     "lock_progress",
     "make_client",
+    "member_states",
     "move_rucio_file",
     "parse_did",
     "parse_rse_expression",
@@ -160,6 +166,30 @@ def lock_progress(locks: Iterable[Mapping[str, Any]], sizes: Mapping[tuple[str, 
         if state == "OK":
             done += sizes.get((str(lock.get("scope")), str(lock.get("name"))), 0)
     return done, counts
+
+
+# a replica lock's state → the state of that member file of ours
+_MEMBER_STATES = {"OK": "FINISHED", "REPLICATING": "ACTIVE", "STUCK": "FAILED"}
+
+
+def member_states(files: Iterable[Mapping[str, Any]], locks: Iterable[Mapping[str, Any]]
+                  ) -> list[dict[str, Any]]:
+    """Each file of a dataset with its own state, from the rule's replica locks:
+    SUBMITTED until Rucio has a lock for it, then ACTIVE, FINISHED or FAILED."""
+    by_did = {(str(lock.get("scope")), str(lock.get("name"))): _state(lock.get("state"))
+              for lock in locks}
+    members = []
+    for f in files:
+        did = (str(f["scope"]), str(f["name"]))
+        lock = by_did.get(did)
+        members.append({
+            "did": f"{did[0]}:{did[1]}",
+            "bytes": int(f.get("bytes") or 0),
+            "state": "SUBMITTED" if lock is None else _MEMBER_STATES.get(lock, "ACTIVE"),
+            "lock": lock,
+            "checksum": _adler32(f),
+        })
+    return members
 
 
 def rule_outcome(rule: Mapping[str, Any]) -> TransferError | None:
@@ -297,11 +327,17 @@ async def move_rucio_file(rt: WorkerRuntime, run: FileRun) -> Copied:
     log.info("%s: following Rucio rule %s for %s:%s (%d files, %d bytes)",
              run.record.file_id, rule_id, scope, name, len(sizes), total)
     seen: dict[str, int] = {}
+    dataset = _is_dataset(files, scope, name)
+    shown: list[dict[str, Any]] | None = None
     while True:
         rule = await link.read("reading the rule", "get_replication_rule", rule_id)
         locks = await link.read("listing locks", "list_replica_locks", rule_id)
         done, counts = lock_progress(locks, sizes)
         run.report(done)
+        if dataset and (members := member_states(files, locks)) != shown:
+            assert rt.store is not None
+            await rt.store.set_members(run.record.file_id, members)
+            shown = members
         if counts != seen:
             log.info("%s: rule %s %s, locks %s", run.record.file_id, rule_id,
                      _state(rule.get("state")), counts)
@@ -309,13 +345,21 @@ async def move_rucio_file(rt: WorkerRuntime, run: FileRun) -> Copied:
         if _state(rule.get("state")) == "OK":
             run.report(total)
             return Copied(_checksum(files, scope, name), total)
-        if (err := rule_outcome(rule)) is not None:
+        # a stuck rule's other files may still be copying: end once they have settled,
+        # so the record tells what landed
+        if (err := rule_outcome(rule)) is not None and not counts.get("REPLICATING"):
             raise err
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(run.cancel.wait(), POLL_INTERVAL_S)
         if run.cancel.is_set():
             if not run.releasing:
                 await _delete_rule(link, rule_id, run)
+                if shown is not None:
+                    assert rt.store is not None
+                    await rt.store.set_members(run.record.file_id, [
+                        m | {"state": "CANCELED"} if m["state"] != "FINISHED" else m
+                        for m in shown
+                    ])
             raise Canceled("canceled" if not run.releasing else "worker shutting down")
 
 
@@ -342,10 +386,16 @@ async def _delete_rule(link: RucioLink, rule_id: str, run: FileRun) -> None:
     log.info("%s: canceled; Rucio rule %s expired for deletion now", run.record.file_id, rule_id)
 
 
+def _is_dataset(files: list[dict[str, Any]], scope: str, name: str) -> bool:
+    return not (len(files) == 1 and (files[0].get("scope"), files[0].get("name")) == (scope, name))
+
+
+def _adler32(f: Mapping[str, Any]) -> str | None:
+    """A file DID's adler32 as Rucio records it, in our spelling."""
+    adler = f.get("adler32")
+    return f"adler32:{str(adler).lower().rjust(8, '0')}" if adler else None
+
+
 def _checksum(files: list[dict[str, Any]], scope: str, name: str) -> str | None:
-    """A file DID's adler32 as Rucio records it (a dataset has none of its own)."""
-    if len(files) == 1 and (files[0].get("scope"), files[0].get("name")) == (scope, name):
-        adler = files[0].get("adler32")
-        if adler:
-            return f"adler32:{str(adler).lower().rjust(8, '0')}"
-    return None
+    """A file DID's adler32 (a dataset has none of its own: see its members)."""
+    return None if _is_dataset(files, scope, name) else _adler32(files[0])
