@@ -25,12 +25,15 @@ class ChunkPolicy:
     - ``min_chunk_bytes`` (8 MiB): files smaller than this are one chunk, and
       a chunk is never planned smaller than this (except the tail).
     - ``max_chunks`` (10000): large files get larger chunks so the manifest stays small.
+    - ``chunk_tries`` (4): how often one chunk is fetched within an attempt after
+      transient failures (1: a chunk's failure ends the attempt at once).
     """
 
     chunk_size_bytes: int = 64 * MiB
     max_streams: int = 4
     min_chunk_bytes: int = 8 * MiB
     max_chunks: int = 10_000
+    chunk_tries: int = 4
 
     def __post_init__(self) -> None:
         if self.chunk_size_bytes < 1:
@@ -41,6 +44,8 @@ class ChunkPolicy:
             raise ValueError(f"min_chunk_bytes must be ≥ 1, got {self.min_chunk_bytes}")
         if self.max_chunks < 1:
             raise ValueError(f"max_chunks must be ≥ 1, got {self.max_chunks}")
+        if self.chunk_tries < 1:
+            raise ValueError(f"chunk_tries must be ≥ 1, got {self.chunk_tries}")
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,7 @@ class ChunkSettings:
     max_streams: int = 4
     max_chunks: int = 10_000
     target_chunk_s: float = 4.0
+    chunk_tries: int = 4
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,7 @@ def tune(size: int | None, link: LinkStats, settings: ChunkSettings) -> tuple[Ch
     base = ChunkPolicy(
         chunk_size_bytes=settings.chunk_size_bytes, max_streams=settings.max_streams,
         min_chunk_bytes=settings.min_chunk_bytes, max_chunks=settings.max_chunks,
+        chunk_tries=settings.chunk_tries,
     )
     if link.throughput_bps is None or link.throughput_bps <= 0:
         return base, "link unknown: base chunking"
@@ -156,5 +163,6 @@ def tune(size: int | None, link: LinkStats, settings: ChunkSettings) -> tuple[Ch
     policy = ChunkPolicy(
         chunk_size_bytes=chunk, max_streams=streams,
         min_chunk_bytes=settings.min_chunk_bytes, max_chunks=settings.max_chunks,
+        chunk_tries=settings.chunk_tries,
     )
     return policy, why

@@ -123,6 +123,7 @@ class Policy:
                 "chunk_size_bytes": ch.chunk_size_bytes, "min_chunk_bytes": ch.min_chunk_bytes,
                 "max_chunk_bytes": ch.max_chunk_bytes, "max_streams": ch.max_streams,
                 "max_chunks": ch.max_chunks, "target_chunk_s": ch.target_chunk_s,
+                "chunk_tries": ch.chunk_tries,
             },
             "routing": {"rules": [
                 {"backend": r.backend, "schemes": sorted(r.schemes), "hosts": list(r.hosts),
@@ -267,6 +268,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "default") -> Policy:
         max_streams=_int(ch, "max_streams", "chunking.max_streams", 4, 1, 64),
         max_chunks=_int(ch, "max_chunks", "chunking.max_chunks", 10_000, 1, 10**7),
         target_chunk_s=_num(ch, "target_chunk_s", "chunking.target_chunk_s", 4.0, 0.01, 3600.0),
+        chunk_tries=_int(ch, "chunk_tries", "chunking.chunk_tries", 4, 1, 100),
     )
     if chunking.min_chunk_bytes > chunking.max_chunk_bytes:
         raise PolicyError("policy: chunking.min_chunk_bytes: larger than max_chunk_bytes")

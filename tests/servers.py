@@ -479,8 +479,9 @@ class FaultProxy:
                 size = 1 << 16
                 if k.throttle_bps:
                     size = max(1, min(size, k.throttle_bps // 20))
-                if k.reset_after_bytes is not None:
-                    size = max(1, min(size, k.reset_after_bytes - sent[0]))
+                if k.reset_after_bytes is not None and sent[0] < k.reset_after_bytes and (
+                        k.resets_left is None or k.resets_left > 0):
+                    size = min(size, k.reset_after_bytes - sent[0])
                 data = await ureader.read(size)
                 if not data:
                     break

@@ -40,7 +40,7 @@ from workers.stream.manifest import (
 REPO = Path(__file__).resolve().parent.parent
 TRANSFERD = str(REPO / ".venv" / "bin" / "transferd")
 SMALL_CHUNKS = ChunkPolicy(chunk_size_bytes=MiB, min_chunk_bytes=MiB, max_streams=4)
-ONE_STREAM = ChunkPolicy(chunk_size_bytes=MiB, min_chunk_bytes=MiB, max_streams=1)
+ONE_STREAM = ChunkPolicy(chunk_size_bytes=MiB, min_chunk_bytes=MiB, max_streams=1, chunk_tries=1)
 
 
 @pytest.fixture

@@ -36,7 +36,8 @@ from workers.stream.manifest import (
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL_CHUNKS = ChunkPolicy(chunk_size_bytes=MiB, min_chunk_bytes=MiB, max_streams=4)
-ONE_STREAM = ChunkPolicy(chunk_size_bytes=MiB, min_chunk_bytes=MiB, max_streams=1)
+# one stream, and a chunk's failure ends the attempt: for tests of resuming across attempts
+ONE_STREAM = ChunkPolicy(chunk_size_bytes=MiB, min_chunk_bytes=MiB, max_streams=1, chunk_tries=1)
 
 
 @pytest.fixture
@@ -133,6 +134,32 @@ async def test_resume_after_reset_fetches_only_missing_chunks(
     assert fetched == chunk_ranges(size, MiB) - reused
     assert names(tmp_path) == ["big.tar"]
     assert await aredis.exists(store.key) == 0
+
+
+async def test_a_reset_chunk_is_fetched_again_within_the_attempt(
+        nginx_server: NginxServer, fault_proxy: Callable[[str], FaultProxy],
+        session: aiohttp.ClientSession, aredis: redis.asyncio.Redis, tmp_path: Path) -> None:
+    size = 10 * MiB + 333
+    data = os.urandom(size)
+    put(nginx_server.root, "again.tar", data)
+    proxy = fault_proxy(nginx_server.url)
+    proxy.set(reset_after_bytes=3 * MiB + MiB // 2, resets_left=1)
+    dst = tmp_path / "again.tar"
+    store = RedisManifestStore(aredis, "td:manifest:again.0")
+    one_stream = ChunkPolicy(chunk_size_bytes=MiB, min_chunk_bytes=MiB, max_streams=1)
+
+    # the connection carrying chunk 3 is reset half way: that chunk alone is asked again
+    result = await copy_file(HttpSource(f"{proxy.url}/again.tar", session), FileSink(url_of(dst)),
+                             manifest=store, policy=one_stream)
+    assert proxy.resets == 1
+    assert dst.read_bytes() == data
+    assert result.checksum == adler(data)
+    assert size <= result.bytes_fetched < size + MiB  # at most one chunk came twice
+    nginx_server.wait_for_log(1 + len(chunk_ranges(size, MiB)) + 1)
+    gets = [e.range for e in nginx_server.log_entries() if e.method == "GET"]
+    assert set(gets) == chunk_ranges(size, MiB)
+    assert [r for r in gets if gets.count(r) > 1] == [f"bytes={3 * MiB}-{4 * MiB - 1}"] * 2
+    assert names(tmp_path) == ["again.tar"]
 
 
 # ---------------------------------------------------------------- the aiohttp peer

@@ -1,10 +1,8 @@
 """The streaming mover's engine: copy one file from a Source into a Sink, verified.
 
-Per chunk, two stages overlap, linked by a one-slot queue so memory stays
-bounded whatever the file size (about three 2 MiB batches per stream):
-
-    source.read ──batches──▶ hash + sink.write_chunk (one thread hop per batch
-                             for sinks that hash in their write thread, FileSink)
+Chunks run ``streams`` at a time; each one is read, hashed and written by
+``workers.stream.chunk_copy`` (which also tries a chunk again in place after a
+transient failure).
 
 Every chunk gets a crc32c and, when the whole-file algorithm combines
 (adler32, crc32, crc32c), its own value of that algorithm; the whole-file value
@@ -31,16 +29,17 @@ import contextlib
 import hashlib
 import posixpath
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from policies.chunking import Chunk, ChunkPlan, ChunkPolicy, plan
+from policies.chunking import ChunkPlan, ChunkPolicy, plan
 from transferd import errors
 from workers.stream import checksums
 from workers.stream.base import Entry, ResumableUpload, Sink, Source, SourceInfo
 from workers.stream.checksums import crc32c_update
+from workers.stream.chunk_copy import HASH_BATCH_BYTES, copy_chunk, race
 from workers.stream.limiter import TokenBucket
 from workers.stream.manifest import (
     ChunkRecord,
@@ -51,10 +50,6 @@ from workers.stream.manifest import (
 )
 
 VERIFY_MODES = ("both", "source", "target", "none")
-# Pieces are grouped into batches of about this size per thread hop: large
-# enough that the hop costs nothing, small enough to keep memory low (4 MiB
-# batches were no faster and cost ~30 MB more peak RSS with 4 streams).
-HASH_BATCH_BYTES = 2 * 1024 * 1024
 RATE_WINDOW_S = 5.0  # the span the reported rate averages over
 PROGRESS_INTERVAL_S = 0.5
 
@@ -70,48 +65,6 @@ class CopyResult:
     bytes_fetched: int  # bytes read from the source in this attempt
     chunks_reused: int  # chunks an earlier attempt had finished
     elapsed_s: float
-
-
-class _ChunkHashers:
-    """The per-chunk crc32c, the combinable whole-file value, and in-order hashers."""
-
-    def __init__(self, combined_alg: str, ordered: list[checksums.Hasher]) -> None:
-        self.crc = checksums.Running32("crc32c")
-        self.value = (
-            checksums.Running32(combined_alg)
-            if combined_alg and combined_alg != "crc32c"
-            else None
-        )
-        self.ordered = ordered
-        self.length = 0
-
-    def update(self, batch: list[bytes]) -> None:
-        """Runs in a worker thread: every hash here releases the GIL on large buffers."""
-        for piece in batch:
-            self.crc.update(piece)
-            if self.value is not None:
-                self.value.update(piece)
-            for h in self.ordered:
-                h.update(piece)
-            self.length += len(piece)
-
-    def record(self) -> ChunkRecord:
-        value = self.crc.value if self.value is None else self.value.value
-        return ChunkRecord(self.length, self.crc.value, value)
-
-
-async def _race(coros: list[Coroutine[Any, Any, None]]) -> None:
-    """Run the coroutines together; the first failure cancels the rest and is raised."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for t in done:
-            if t.exception() is not None:
-                raise t.exception()  # type: ignore[misc]
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class _Copy:
@@ -382,7 +335,8 @@ class _Copy:
         async def worker() -> None:
             while todo:
                 chunk = todo.popleft()
-                record = await self._copy_chunk(info, chunk, combined_alg, ordered, sequential)
+                record = await copy_chunk(self, info, chunk, combined_alg, ordered, sequential,
+                                          self.policy.chunk_tries)
                 records[chunk.index] = record
                 if manifest is not None:
                     await manifest.record(chunk.index, record)
@@ -391,68 +345,8 @@ class _Copy:
         if workers == 1:
             await worker()
         else:
-            await _race([worker() for _ in range(workers)])
+            await race([worker() for _ in range(workers)])
         return [records[c.index] for c in chunk_plan.chunks]
-
-    async def _copy_chunk(
-        self,
-        info: SourceInfo,
-        chunk: Chunk,
-        combined_alg: str,
-        ordered: list[checksums.Hasher],
-        sequential: bool,
-    ) -> ChunkRecord:
-        hashers = _ChunkHashers(combined_alg, ordered)
-        # Two stages per chunk: the network read fills a batch while the
-        # previous one is hashed (in a thread) and written (in a thread).  One
-        # batch may wait between them, so a stream holds at most about three
-        # batches, whatever the file size.
-        batches: asyncio.Queue[list[bytes] | None] = asyncio.Queue(maxsize=1)
-
-        async def read() -> None:
-            batch: list[bytes] = []
-            batch_bytes = 0
-            limiter = self.limiter
-            async for piece in self.source.read(info, chunk.offset, chunk.length):
-                if limiter is not None:
-                    await limiter.acquire(len(piece))
-                self.bytes_fetched += len(piece)
-                batch.append(piece)
-                batch_bytes += len(piece)
-                if batch_bytes >= HASH_BATCH_BYTES:
-                    await batches.put(batch)
-                    batch, batch_bytes = [], 0
-            if batch:
-                await batches.put(batch)
-            await batches.put(None)
-
-        # A sink that can hash in its own write thread (FileSink) saves a thread
-        # hop per batch: the hashers see its batches, in order, before they are
-        # written.  Other sinks get the batches hashed here first.
-        hook = hashers.update if getattr(self.sink, "hashes_while_writing", False) else None
-
-        async def feed() -> AsyncIterator[bytes]:
-            while (batch := await batches.get()) is not None:
-                if hook is None:
-                    await asyncio.to_thread(hashers.update, batch)
-                for piece in batch:
-                    yield piece
-                self.bytes_done += sum(len(p) for p in batch)
-                del batch
-
-        async def write() -> None:
-            extra = {} if hook is None else {"before_write": hook}
-            if sequential and not self.sink.random_access:
-                await self.sink.write_stream(feed(), **extra)
-            else:
-                await self.sink.write_chunk(chunk.index, chunk.offset, feed(), **extra)
-
-        await _race([read(), write()])
-        if chunk.length is not None and hashers.length != chunk.length:
-            raise errors.RetryableError(
-                f"chunk {chunk.index} got {hashers.length} of {chunk.length} bytes"
-            )
-        return hashers.record()
 
     def _combine(self, records: list[ChunkRecord], combined_alg: str) -> dict[str, str]:
         """Whole-file crc32c (always) and the combinable algorithm's value, from the chunks."""
