@@ -175,3 +175,35 @@ def test_top_live_redraws_what_changed_after_it_started(
         assert "Traceback" not in raw and token not in raw
     finally:
         term.close()
+
+
+def test_top_piped_writes_each_frame_as_it_is_taken(
+    node_factory: Callable[..., Node], redis_server: RedisServer, tmp_path: Path,
+) -> None:
+    # as `transferd top | tee log`: frames arrive one after another while it runs
+    node = node_factory(allow_roots=[tmp_path], workers=0)
+    token = create_token("ops", "operator", redis_url=redis_server.url)
+    proc = subprocess.Popen([*TRANSFERD, "top", "--interval", "0.2", "--url", node.url,
+                             "--token", token], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "COLUMNS": "120"})
+    assert proc.stdout is not None
+    try:
+        lines: list[str] = []
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for raw in iter(proc.stdout.readline, b""):
+                lines.append(raw.decode())
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        wait_until(lambda: sum("finished 24h" in line for line in lines) >= 2, 30,
+                   "two frames while top runs")
+        assert proc.poll() is None  # still running: nothing waited for the exit
+        text = "".join(lines)
+        assert "transferd · all tenants" in text
+        assert "\x1b[" not in text  # plain text for a pipe, no cursor movement
+        assert token not in text
+    finally:
+        proc.terminate()
+        proc.wait(15)

@@ -9,6 +9,7 @@ and exits (for scripts and tests).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 from rich.console import Console, Group, RenderableType
@@ -128,18 +129,35 @@ def render(summary: dict[str, Any]) -> RenderableType:
 
 def run_top(client: Client, *, interval_s: float = 2.0, once: bool = False,
             out: TextIO | None = None) -> int:
-    """Show the overview until Ctrl-C (or once); returns an exit code (0)."""
+    """Show the overview until Ctrl-C (or once); returns an exit code (0).
+
+    On a terminal the frame is redrawn in place; piped (as ``top -b``), each frame
+    is written after the last, under a rule with the time, as soon as it is taken."""
     console = Console(file=out) if out is not None else Console()
     if once:
         console.print(render(client.summary()))
         return 0
+    if console.is_terminal:
+        with Live(console=console, auto_refresh=False, screen=True) as live:
+            for summary in _summaries(client, interval_s):
+                live.update(render(summary), refresh=True)
+    else:
+        for summary in _summaries(client, interval_s):
+            console.rule(time.strftime("%H:%M:%S"), align="left")
+            console.print(render(summary))
+            console.file.flush()
+    return 0
+
+
+def _summaries(client: Client, interval_s: float) -> Iterator[dict[str, Any]]:
+    """The node's summary every ``interval_s``, for ever; a node that stays unreachable
+    for longer than UNREACHABLE_GRACE_S ends it with ``Unreachable``."""
     last_answer = time.monotonic()
-    with Live(console=console, auto_refresh=False, screen=console.is_terminal) as live:
-        while True:
-            try:
-                live.update(render(client.summary()), refresh=True)
-                last_answer = time.monotonic()
-            except Unreachable:
-                if time.monotonic() - last_answer > UNREACHABLE_GRACE_S:
-                    raise
-            time.sleep(interval_s)
+    while True:
+        try:
+            yield client.summary()
+            last_answer = time.monotonic()
+        except Unreachable:
+            if time.monotonic() - last_answer > UNREACHABLE_GRACE_S:
+                raise
+        time.sleep(interval_s)
