@@ -419,6 +419,15 @@ class FaultProxy:
 
         self._loop.run(_stop())
 
+    def drop_connections(self) -> None:
+        """Reset every open connection at once (it keeps listening for new ones)."""
+
+        async def _drop() -> None:
+            for w in list(self._writers):
+                self._rst(w)
+
+        self._loop.run(_drop())
+
     def _take_reset(self) -> bool:
         if self.knobs.resets_left is not None:
             if self.knobs.resets_left <= 0:

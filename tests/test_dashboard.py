@@ -60,8 +60,8 @@ def shot(page: Page, name: str) -> Path:
     return path
 
 
-def sign_in(page: Page, node: Node, token: str) -> None:
-    page.goto(node.url + "/")
+def sign_in(page: Page, node: Node, token: str, *, url: str | None = None) -> None:
+    page.goto((url or node.url) + "/")
     page.fill("#token", token)
     page.click("#signin-button")
     expect(page.locator("#tabs")).to_be_visible()
@@ -198,6 +198,72 @@ def test_cancel_a_running_job_from_its_page(
     shot(page, "dashboard-job-canceled")
     assert client.job(job_id)["state"] == "CANCELED"
     assert client.files(job_id)["files"][0]["state"] == "CANCELED"
+
+
+def test_the_page_reconnects_after_its_stream_drops_and_misses_nothing(
+    node_factory: Callable[..., Node], redis_server: RedisServer, page: Page,
+    nginx_server: NginxServer, fault_proxy: Callable[[str], FaultProxy], dest: Path,
+) -> None:
+    node = node_factory(allow_roots=[dest])
+    token = create_token("lofar", "submitter", redis_url=redis_server.url)
+    client = Client(node.url, token)
+    between = fault_proxy(node.url)  # the browser reaches the node through this
+    sign_in(page, node, token, url=between.url)
+    page.evaluate("window.__noReload = 'still here'")
+    page.click("#tabs a[data-tab=jobs]")
+    expect(page.locator("#live")).to_have_class("live ok")
+
+    # the network drops and stays down: the page says so
+    between.set(stalled=True)
+    between.drop_connections()
+    expect(page.locator("#live")).to_have_class("live")
+    expect(page.locator("#live-text")).to_have_text("reconnecting")
+
+    # a job starts and ends while the page cannot hear of it
+    (nginx_server.root / "gap.bin").write_bytes(os.urandom(1000))
+    job_id = client.submit([{"source": f"{nginx_server.url}/gap.bin",
+                             "destination": f"file://{dest}/gap.bin"}], {})["job_id"]
+    wait_until(lambda: client.job(job_id)["state"] == "FINISHED", 30, "the job to finish")
+    expect(page.locator(f'tr[data-job="{job_id}"]')).to_have_count(0)
+
+    # back online: the page reconnects by itself, hears what it missed, shows the job
+    between.set(stalled=False)
+    expect(page.locator("#live")).to_have_class("live ok", timeout=30_000)
+    row = page.locator(f'tr[data-job="{job_id}"]')
+    expect(row).to_be_visible(timeout=30_000)
+    expect(row).to_contain_text("finished")
+    assert page.evaluate("window.__noReload") == "still here"
+
+
+def test_a_failure_group_links_to_its_failed_files(
+    node_factory: Callable[..., Node], redis_server: RedisServer, page: Page,
+    nginx_server: NginxServer, dest: Path,
+) -> None:
+    node = node_factory(allow_roots=[dest])
+    token = create_token("lofar", "submitter", redis_url=redis_server.url)
+    client = Client(node.url, token)
+    (nginx_server.root / "here.bin").write_bytes(os.urandom(1000))
+    job_id = client.submit(
+        [{"source": f"{nginx_server.url}/here.bin", "destination": f"file://{dest}/here.bin"},
+         {"source": f"{nginx_server.url}/nowhere.bin",
+          "destination": f"file://{dest}/nowhere.bin"}],
+        {"max_retries": 0},
+    )["job_id"]
+    wait_until(lambda: client.job(job_id)["state"] in TERMINAL, 30, "the job to end")
+
+    sign_in(page, node, token)
+    group = page.locator(".failures li", has_text="not_found")
+    expect(group).to_be_visible(timeout=30_000)
+    expect(group.locator(".fail-count")).to_have_text("1 file")
+    group.locator(".fail-count").click()
+    # the job's page, showing only its failed file, with the reason
+    expect(page.locator("#job-state")).to_be_visible()
+    assert page.url.endswith(f"#/jobs/{job_id}?state=FAILED")
+    files = page.locator("tr[data-file]")
+    expect(files).to_have_count(1)
+    expect(files).to_contain_text("nowhere.bin")
+    expect(files.locator(".pill")).to_have_text("failed")
+    expect(page.locator("body")).to_contain_text("404")
 
 
 def test_a_reader_sees_its_tenant_only_and_is_offered_no_actions(
@@ -340,9 +406,16 @@ def test_event_stream_is_tenant_filtered_and_resumes_from_last_event_id(
                            lambda evs: any(e["event"] == "progress" for e in evs))
     live = {j["job_id"] for j in progress[-1]["data"]["jobs"]}
     assert live == {first_alice, later_alice}
-    everyone = read_events(node.url, tokens["ops"], lambda evs: len(jobs_seen(evs)) == 4,
+    # a fresh stream's hello is its position: resuming from it misses nothing after it
+    position = progress[0]["id"]
+    assert progress[0]["event"] == "hello" and position == progress[0]["data"]["last_event_id"]
+    gap_alice = job(alice, "a3")
+    after = read_events(node.url, tokens["alice"], lambda evs: gap_alice in jobs_seen(evs),
+                        last_event_id=position)
+    assert jobs_seen(after) == {gap_alice}
+    everyone = read_events(node.url, tokens["ops"], lambda evs: len(jobs_seen(evs)) == 5,
                            last_event_id="0-0")
-    assert jobs_seen(everyone) == {first_bob, first_alice, later_bob, later_alice}
+    assert jobs_seen(everyone) == {first_bob, first_alice, later_bob, later_alice, gap_alice}
     status, problem = get_json(node.url + "/api/v1/events?last_event_id=nonsense",
                                tokens["alice"])
     assert status == 400 and "Last-Event-ID" in problem["detail"]

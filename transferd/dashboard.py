@@ -181,10 +181,12 @@ async def events(request: web.Request) -> web.StreamResponse:
     })
     await response.prepare(request)
     try:
+        # the hello carries the stream position as its id: a client that loses the
+        # connection before any event resumes from here, not from whatever is newest then
         await response.write(b"retry: 2000\n\n" + _sse("hello", {
             "tenant": principal.tenant, "role": principal.role.value,
             "all_tenants": principal.sees_all_tenants, "last_event_id": last_id,
-        }))
+        }, last_id))
         last_write = last_progress = time.monotonic()
         had_live = True
         while not stopping.is_set():

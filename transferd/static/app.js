@@ -199,6 +199,9 @@ async function startStream() {
       if (resp.status === 401) { signOut("Your token was refused; sign in again."); return; }
       if (!resp.ok || !resp.body) throw new Error(`HTTP ${resp.status}`);
       setLive("live", true);
+      // after a gap, show what changed in it even if the stream could not replay it all
+      if (state.streamBroke) scheduleRefresh(0);
+      state.streamBroke = false;
       delay = 1000;
       const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
       let buf = "";
@@ -216,6 +219,7 @@ async function startStream() {
       if (ctrl.signal.aborted) return;
     }
     setLive("reconnecting", false);
+    state.streamBroke = true;
     await new Promise((r) => setTimeout(r, delay));
     delay = Math.min(delay * 2, 15000);
   }
