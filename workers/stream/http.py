@@ -9,21 +9,22 @@ Error mapping for every request (``error_for_status``):
 
 Reasons name the method, the URL without userinfo and the status, never a
 header value: request headers carry bearer tokens and passwords.
+
+The parsers of what servers answer (digest headers, Retry-After, PROPFIND
+multistatus) are pure and live in ``workers.stream.http_parse``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import email.utils
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote
 
 import aiohttp
 from yarl import URL
@@ -37,6 +38,13 @@ from transferd.errors import (
     TransferError,
 )
 from workers.stream.base import Entry, HeaderProvider, SourceInfo, no_headers
+from workers.stream.http_parse import (
+    DavProps,
+    parse_checksum_list,
+    parse_digest_header,
+    parse_multistatus,
+    parse_retry_after,
+)
 
 __all__ = [
     "HttpClient",
@@ -44,10 +52,6 @@ __all__ = [
     "Target",
     "error_for_status",
     "new_session",
-    "parse_checksum_list",
-    "parse_digest_header",
-    "parse_multistatus",
-    "parse_retry_after",
 ]
 
 MIB = 1 << 20
@@ -60,8 +64,6 @@ READ_PIECE_BYTES = 1 * MIB
 READ_BUFSIZE = 2 * MIB
 LIST_CONCURRENCY = 8
 
-DAV_NS = "DAV:"
-OC_NS = "http://owncloud.org/ns"
 PROPFIND_BODY = (
     b'<?xml version="1.0" encoding="utf-8"?>'
     b'<d:propfind xmlns:d="DAV:" xmlns:oc="http://owncloud.org/ns"><d:prop>'
@@ -70,11 +72,6 @@ PROPFIND_BODY = (
 )
 WANT_REPR_DIGEST = "sha-256=5, md5=3, adler=2, crc32c=2, sha=1"
 WANT_DIGEST = "adler32;q=1, md5;q=0.8, sha-256;q=0.6, crc32c;q=0.5, sha;q=0.3"
-
-# normalised name -> digest length in bytes
-_ALGORITHMS = {"md5": 16, "sha1": 20, "sha256": 32, "sha512": 64,
-               "adler32": 4, "crc32c": 4, "crc32": 4}
-_ALIASES = {"sha": "sha1", "adler": "adler32"}
 
 
 def new_session(*, connections: int = 64, read_bufsize: int = READ_BUFSIZE,
@@ -88,73 +85,6 @@ def new_session(*, connections: int = 64, read_bufsize: int = READ_BUFSIZE,
 
 
 # ---------------------------------------------------------------- pure helpers
-
-
-def normalize_algorithm(name: str) -> str | None:
-    n = name.strip().lower().replace("-", "").replace("_", "")
-    n = _ALIASES.get(n, n)
-    return n if n in _ALGORITHMS else None
-
-
-def _to_hex(algorithm: str, value: str) -> str | None:
-    """A digest value as lowercase hex, from hex or base64 (whichever fits the length)."""
-    want = _ALGORITHMS[algorithm]
-    v = value.strip().strip(":")
-    if len(v) == 2 * want:
-        try:
-            bytes.fromhex(v)
-            return v.lower()
-        except ValueError:
-            pass
-    try:
-        raw = base64.b64decode(v, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    return raw.hex() if len(raw) == want else None
-
-
-def parse_digest_header(value: str) -> dict[str, str]:
-    """``Repr-Digest: sha-256=:b64:, md5=:b64:`` (RFC 9530) or ``Digest: MD5=b64, ADLER32=hex``
-    (RFC 3230) → {normalised algorithm: hex}."""
-    out: dict[str, str] = {}
-    for item in value.split(","):
-        name, sep, raw = item.partition("=")
-        if not sep:
-            continue
-        algorithm = normalize_algorithm(name)
-        if algorithm is None:
-            continue
-        hexed = _to_hex(algorithm, raw.split(";")[0])
-        if hexed:
-            out[algorithm] = hexed
-    return out
-
-
-def parse_checksum_list(value: str) -> dict[str, str]:
-    """``SHA1:… MD5:… ADLER32:…`` (oc:checksums, OC-Checksum) → {algorithm: hex}."""
-    out: dict[str, str] = {}
-    for item in value.replace(",", " ").split():
-        name, sep, raw = item.partition(":")
-        algorithm = normalize_algorithm(name) if sep else None
-        if algorithm is not None:
-            hexed = _to_hex(algorithm, raw)
-            if hexed:
-                out[algorithm] = hexed
-    return out
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Retry-After as seconds from now: delta-seconds or an HTTP-date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def error_for_status(method: str, display_url: str, status: int,
@@ -172,61 +102,6 @@ def error_for_status(method: str, display_url: str, status: int,
 
 def _is_weak(etag: str) -> bool:
     return etag.startswith("W/")
-
-
-@dataclass(frozen=True)
-class DavProps:
-    """One ``<d:response>`` of a multistatus answer."""
-
-    path: str  # unquoted URL path of the href
-    is_collection: bool
-    size: int | None = None
-    etag: str | None = None
-    last_modified: str | None = None
-    checksums: Mapping[str, str] = field(default_factory=dict)
-
-
-def parse_multistatus(body: bytes) -> list[DavProps]:
-    """The 200-status properties of each resource in a PROPFIND answer."""
-    if b"<!DOCTYPE" in body[:4096].upper() or b"<!ENTITY" in body.upper():
-        raise PermanentError("PROPFIND answer declares a DTD; refused")
-    try:
-        root = ET.fromstring(body)
-    except ET.ParseError as exc:
-        raise PermanentError(f"PROPFIND answer is not XML ({exc})") from None
-    d = f"{{{DAV_NS}}}"
-    out = []
-    for resp in root.iter(f"{d}response"):
-        href = resp.findtext(f"{d}href") or ""
-        props: dict[str, ET.Element] = {}
-        for propstat in resp.findall(f"{d}propstat"):
-            status = propstat.findtext(f"{d}status") or "200"
-            if " 200 " not in f" {status} " and not status.strip().endswith("200 OK"):
-                continue
-            prop = propstat.find(f"{d}prop")
-            if prop is not None:
-                for el in prop:
-                    props[el.tag] = el
-        rtype = props.get(f"{d}resourcetype")
-        is_coll = rtype is not None and rtype.find(f"{d}collection") is not None
-        size_el = props.get(f"{d}getcontentlength")
-        size = int(size_el.text.strip()) if size_el is not None and size_el.text else None
-        checksums: dict[str, str] = {}
-        oc = props.get(f"{{{OC_NS}}}checksums")
-        if oc is not None:
-            texts = [c.text or "" for c in oc.iter(f"{{{OC_NS}}}checksum")] or [oc.text or ""]
-            for text in texts:
-                checksums.update(parse_checksum_list(text))
-        etag_el, lm_el = props.get(f"{d}getetag"), props.get(f"{d}getlastmodified")
-        out.append(DavProps(
-            path=unquote(urlsplit(href.strip()).path),
-            is_collection=is_coll,
-            size=None if is_coll else size,
-            etag=(etag_el.text or "").strip() or None if etag_el is not None else None,
-            last_modified=(lm_el.text or "").strip() or None if lm_el is not None else None,
-            checksums=checksums,
-        ))
-    return out
 
 
 # ---------------------------------------------------------------- URL + requests

@@ -7,12 +7,12 @@ writes ``<name>.part`` and ``os.replace``s it only on ``commit()``, which the
 engine calls after the checksum matched.
 
 Nor does the sink follow a symbolic link anywhere along the destination path:
-it walks from ``/`` one directory fd at a time (``O_NOFOLLOW``), creates
-missing parents at those fds, and opens, renames and removes names only
-relative to the parent's fd.  The file:// check at submission
-(``transferd.paths``) cannot see a link planted inside an allowed root later;
-such a link makes the write fail with a ``PermanentError`` instead of leading
-it outside the root.
+it walks from ``/`` one directory fd at a time (``O_NOFOLLOW``, see
+``workers.stream.nofollow``), creates missing parents at those fds, and opens,
+renames and removes names only relative to the parent's fd.  The file:// check
+at submission (``transferd.paths``) cannot see a link planted inside an allowed
+root later; such a link makes the write fail with a ``PermanentError`` instead
+of leading it outside the root.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from urllib.parse import quote, unquote, urlsplit
 from transferd import errors
 from workers.stream.base import Entry, SourceInfo
 from workers.stream.manifest import sidecar_path
+from workers.stream.nofollow import DIR_FLAGS, LinkInPath, open_directory, open_file_at
 
 READ_PIECE_BYTES = 4 * 1024 * 1024
 # pwritev gathers pieces up to this size into one system call per thread hop.
@@ -192,71 +193,6 @@ class _DestinationExists(Exception):
     pass
 
 
-class _LinkInPath(Exception):
-    """A component of the destination path is a symbolic link; ``args[0]`` is its path."""
-
-
-# A directory is opened without following a link in its last component (each
-# earlier one was opened the same way).
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _is_link_at(dir_fd: int, name: str) -> bool:
-    try:
-        return stat_mod.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
-    except FileNotFoundError:
-        return False
-
-
-def _open_dir_at(dir_fd: int, name: str, shown: Path) -> int:
-    """The fd of directory ``name`` in ``dir_fd``; ``_LinkInPath(shown)`` when it is a link."""
-    try:
-        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-    except OSError as exc:
-        # O_DIRECTORY|O_NOFOLLOW on a link fails with ENOTDIR (or ELOOP): tell the
-        # two cases apart, since only one of them is a file in the way.
-        if exc.errno in (errno.ENOTDIR, errno.ELOOP) and _is_link_at(dir_fd, name):
-            raise _LinkInPath(shown) from None
-        raise
-
-
-def _open_directory(directory: Path, *, create: bool) -> int:
-    """An fd of ``directory`` reached from ``/`` without following any symbolic link.
-
-    With ``create``, missing components are made one at a time at their
-    parent's fd (``mkdir`` never follows a link in its last component either).
-    """
-    fd = os.open("/", _DIR_FLAGS)
-    try:
-        walked = Path("/")
-        for name in Path(os.path.abspath(directory)).parts[1:]:
-            walked = walked / name
-            try:
-                child = _open_dir_at(fd, name, walked)
-            except FileNotFoundError:
-                if not create:
-                    raise
-                with contextlib.suppress(FileExistsError):  # a concurrent copy made it
-                    os.mkdir(name, 0o777, dir_fd=fd)
-                child = _open_dir_at(fd, name, walked)
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _open_file_at(dir_fd: int, name: str, flags: int, shown: Path) -> int:
-    """``os.open`` of ``name`` in ``dir_fd`` that refuses a link with ``_LinkInPath(shown)``."""
-    try:
-        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise _LinkInPath(shown) from None
-        raise
-
-
 class FileSink:
     """Writes ``<name>.part`` at chunk offsets and renames it into place on commit."""
 
@@ -293,13 +229,13 @@ class FileSink:
             self._fd, self.resumed = await in_io_thread(self._open, size, resume_key)
         except _DestinationExists:
             raise errors.PermanentError(f"destination exists: {self.path}") from None
-        except _LinkInPath as exc:
+        except LinkInPath as exc:
             raise self._link_refused(exc) from None
         except OSError as exc:
             raise _os_error(exc, f"write {self.part_path}") from exc
         self._size = size
 
-    def _link_refused(self, exc: _LinkInPath) -> errors.PermanentError:
+    def _link_refused(self, exc: LinkInPath) -> errors.PermanentError:
         return errors.PermanentError(
             f"refusing to write {self.path}: {exc.args[0]} is a symbolic link, and the "
             "destination is never written through one"
@@ -309,9 +245,9 @@ class FileSink:
         # One thread hop: the parents, the existence check and the open.
         if self.parents_may_be_links:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            dir_fd = os.open(self.path.parent, _DIR_FLAGS & ~os.O_NOFOLLOW)
+            dir_fd = os.open(self.path.parent, DIR_FLAGS & ~os.O_NOFOLLOW)
         else:
-            dir_fd = _open_directory(self.path.parent, create=True)
+            dir_fd = open_directory(self.path.parent, create=True)
         try:
             fd, keep = self._open_part(dir_fd, resume_key)
         except BaseException:
@@ -332,14 +268,14 @@ class FileSink:
         return fd, keep
 
     def _check_final_name(self, dir_fd: int) -> bool:
-        """Whether the final name exists; ``_LinkInPath`` when it is a link."""
+        """Whether the final name exists; ``LinkInPath`` when it is a link."""
         try:
             st = os.lstat(self.path.name, dir_fd=dir_fd)
         except FileNotFoundError:
             return False
         if stat_mod.S_ISLNK(st.st_mode):
             # Even with overwrite: the caller meant the file, not the link to it.
-            raise _LinkInPath(self.path)
+            raise LinkInPath(self.path)
         return True
 
     def _open_part(self, dir_fd: int, resume_key: str | None) -> tuple[int, bool]:
@@ -352,13 +288,13 @@ class FileSink:
         except FileNotFoundError:
             old = None
         if old is not None and stat_mod.S_ISLNK(old.st_mode):
-            raise _LinkInPath(self.part_path)
+            raise LinkInPath(self.part_path)
         if resume_key is not None and old is not None and stat_mod.S_ISREG(old.st_mode):
             # An earlier attempt's .part is kept for the engine to resume from,
             # unless it is (now) a hard link: writing it would change another name's file.
             fd = -1
             with contextlib.suppress(FileNotFoundError):
-                fd = _open_file_at(dir_fd, name, os.O_RDWR, self.part_path)
+                fd = open_file_at(dir_fd, name, os.O_RDWR, self.part_path)
             if fd >= 0:
                 st = os.fstat(fd)
                 if stat_mod.S_ISREG(st.st_mode) and st.st_nlink == 1:
@@ -370,7 +306,7 @@ class FileSink:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name, dir_fd=dir_fd)
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
-        return _open_file_at(dir_fd, name, flags, self.part_path), False
+        return open_file_at(dir_fd, name, flags, self.part_path), False
 
     @staticmethod
     def _preallocate(fd: int, size: int) -> None:
@@ -457,7 +393,7 @@ class FileSink:
         fd = self._require_fd()
         try:
             await in_io_thread(self._commit, fd)
-        except _LinkInPath as exc:
+        except LinkInPath as exc:
             raise self._link_refused(exc) from None
         except OSError as exc:
             raise _os_error(exc, f"rename {self.part_path} to {self.path.name}") from exc
@@ -506,10 +442,10 @@ class FileSink:
                 return
             if dir_fd is None:  # never prepared: an earlier attempt's partial may be there
                 try:
-                    dir_fd = (os.open(self.path.parent, _DIR_FLAGS & ~os.O_NOFOLLOW)
+                    dir_fd = (os.open(self.path.parent, DIR_FLAGS & ~os.O_NOFOLLOW)
                               if self.parents_may_be_links
-                              else _open_directory(self.path.parent, create=False))
-                except (OSError, _LinkInPath):
+                              else open_directory(self.path.parent, create=False))
+                except (OSError, LinkInPath):
                     return  # no directory reachable without a link holds a partial of ours
             side = sidecar_path(self.path).name
             for name in (self.part_path.name, side, side + ".tmp"):
