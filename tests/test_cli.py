@@ -1,9 +1,11 @@
-"""The ``transferd`` command, run as a real subprocess against a real HTTP peer.
+"""The ``transferd`` command, run as a real subprocess against a real node.
 
-``ContractPeer`` is an aiohttp server implementing the REST routes the client
-commands use, as docs/contracts.md describes them (bearer auth, problem+json
-errors naming the field, Idempotency-Key, cursor paging, ``Job.to_json()``
-bodies).  Tests drive its files' states directly, as workers would.
+One ``transferd serve`` without workers, on its own redis-server, serves the
+whole module; each test gets a tenant and token of its own, so a tenant's job
+list holds that test's jobs only.  With no worker running nothing moves by
+itself: a test that needs files in given states moves them through the node's
+store exactly as a worker does (``StoreWorker``: claim, heartbeat, finish,
+fail), and the CLI sees them through the node's REST API.
 """
 
 from __future__ import annotations
@@ -13,257 +15,172 @@ import csv
 import io
 import json
 import os
+import pty
+import re
 import secrets
 import subprocess
 import sys
+import termios
 import threading
-import time
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis
-from aiohttp import web
+import redis.asyncio
 
+from tests.node_proc import Node, create_token, start_node, wait_until
+from tests.redis_server import start_redis
 from transferd.cli import ManifestError, parse_manifest
+from transferd.client import Client
 from transferd.embedded import EmbeddedRedis
-from transferd.models import FileRecord, Job, JobParams
-from transferd.states import FILE_TERMINAL, FileState, JobState, job_state
+from transferd.errors import ChecksumMismatch, NotFound, TransferError
+from transferd.models import JobParams
+from transferd.states import FileState
+from transferd.store import JobStore
 
-ALLOWED_ROOT = "file:///data/"
 CLI_TIMEOUT_S = 60
+WORKER_ID = "test-cli-worker"
+LEASE_S = 3600.0  # the node's reaper must not take a file back while a test holds it
+T = TypeVar("T")
 
 
-def problem(status: int, title: str, detail: str, field: str | None = None) -> web.Response:
-    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status,
-                            "detail": detail}
-    if field:
-        body["field"] = field
-        body["errors"] = [{"field": field, "message": detail}]
-    return web.json_response(body, status=status, content_type="application/problem+json")
+# -- the node, and a worker's hands on its store ---------------------------------------------
+
+
+class StoreWorker:
+    """Moves a node's files through its real store as a worker does: claim, heartbeat,
+    finish, fail.  File ids are ``{job_id}.{index}``."""
+
+    def __init__(self, redis_url: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._redis = redis.asyncio.Redis.from_url(redis_url)
+        self.store = JobStore(self._redis)
+
+    def _run(self, step: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run_until_complete(step)
+
+    def start(self, job_id: str, index: int, bytes_done: int = 0, rate_bps: float = 0.0) -> None:
+        """Claim the file (it turns ACTIVE) and report its first progress."""
+        file_id = f"{job_id}.{index}"
+        claimed = self._run(self.store.claim(file_id, WORKER_ID, LEASE_S))
+        assert claimed is not None, f"{file_id} was not claimable"
+        if bytes_done or rate_bps:
+            self.progress(job_id, index, bytes_done, rate_bps)
+
+    def progress(self, job_id: str, index: int, bytes_done: int, rate_bps: float) -> None:
+        file_id = f"{job_id}.{index}"
+        ok = self._run(self.store.heartbeat(file_id, WORKER_ID, bytes_done, rate_bps, LEASE_S))
+        assert ok, f"the heartbeat for {file_id} was refused"
+
+    def finish(self, job_id: str, index: int, size: int) -> None:
+        """Finish the file (claiming it first unless it is already ours)."""
+        file_id = f"{job_id}.{index}"
+        if not self._active(file_id):
+            self.start(job_id, index)
+        ok = self._run(self.store.finish(file_id, WORKER_ID, "adler32:00000001", size))
+        assert ok, f"{file_id} could not be finished"
+
+    def fail(self, job_id: str, index: int, error: TransferError) -> None:
+        """Report ``error`` for the file's attempt (claiming it first); it must end FAILED."""
+        file_id = f"{job_id}.{index}"
+        if not self._active(file_id):
+            self.start(job_id, index)
+        state = self._run(self.store.fail(file_id, WORKER_ID, error.error_class, error.reason,
+                                          retryable=error.retryable))
+        assert state is FileState.FAILED, f"{file_id} is {state} after the failure"
+
+    def _active(self, file_id: str) -> bool:
+        record = self._run(self.store.get_file(file_id))
+        assert record is not None, f"no file {file_id}"
+        return record.state is FileState.ACTIVE and record.lease_owner == WORKER_ID
+
+    def close(self) -> None:
+        self._run(self._redis.aclose())
+        self._loop.close()
 
 
 @dataclass
-class PeerJob:
-    job_id: str
-    params: JobParams
-    created_at: float
-    files: list[FileRecord]
-    cancel_requested: bool = False
-
-    def to_job(self, owner: str) -> Job:
-        counts = {s: 0 for s in FileState}
-        for f in self.files:
-            counts[f.state] += 1
-        state = job_state(counts, cancel_requested=self.cancel_requested)
-        active = [f for f in self.files if f.state is FileState.ACTIVE]
-        terminal = state not in (JobState.SUBMITTED, JobState.ACTIVE)
-        return Job(
-            job_id=self.job_id, state=state, owner=owner, submitter="token:test",
-            params=self.params, created_at=self.created_at, updated_at=time.time(),
-            started_at=self.created_at if state is not JobState.SUBMITTED else None,
-            finished_at=time.time() if terminal else None,
-            files_total=len(self.files), files_by_state=counts,
-            bytes_total=sum(f.size or 0 for f in self.files),
-            bytes_done=sum(f.bytes_done for f in self.files),
-            rate_bps=sum(f.rate_bps for f in active), cancel_requested=self.cancel_requested,
-        )
-
-
-@dataclass
-class ContractPeer:
-    """A faithful stand-in for a node's /api/v1, in memory, on an ephemeral port."""
-
-    token: str = field(default_factory=lambda: "td_" + secrets.token_urlsafe(24))
-    tenant: str = "lofar"
-    jobs: dict[str, PeerJob] = field(default_factory=dict)
-    idempotency: dict[str, str] = field(default_factory=dict)
-    posts: list[dict[str, Any]] = field(default_factory=list)
-    active_file_reads: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    url: str = ""
-
-    # -- what a worker would do --
-    def set_file(self, job_id: str, index: int, state: FileState, bytes_done: int = 0,
-                 rate_bps: float = 0.0, error_class: str | None = None) -> None:
-        with self.lock:
-            f = self.jobs[job_id].files[index]
-            f.state, f.bytes_done, f.rate_bps = state, bytes_done, rate_bps
-            f.error_class = error_class
-            f.reason = f"{error_class} happened" if error_class else None
-            if state is FileState.FINISHED:
-                f.verified_checksum = f.checksum
-
-    def reads_of_active_files(self) -> int:
-        with self.lock:
-            return self.active_file_reads
-
-    # -- HTTP --
-    def app(self) -> web.Application:
-        app = web.Application(middlewares=[self.auth])
-        app.router.add_get("/api/v1/health", self.health)
-        app.router.add_post("/api/v1/jobs", self.post_job)
-        app.router.add_get("/api/v1/jobs", self.list_jobs)
-        app.router.add_get("/api/v1/jobs/{id}", self.get_job)
-        app.router.add_delete("/api/v1/jobs/{id}", self.cancel_job)
-        app.router.add_get("/api/v1/jobs/{id}/files", self.list_files)
-        app.router.add_post("/api/v1/jobs/{id}/retry", self.retry_job)
-        return app
-
-    @web.middleware
-    async def auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        authorized = request.headers.get("Authorization") == f"Bearer {self.token}"
-        if request.path != "/api/v1/health" and not authorized:
-            return problem(401, "Unauthorized", "missing or invalid bearer credential")
-        response: web.StreamResponse = await handler(request)
-        return response
-
-    async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def post_job(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            return problem(400, "Bad Request", "the body is not JSON")
-        files = body.get("files") if isinstance(body, dict) else None
-        if not isinstance(files, list) or not files:
-            return problem(400, "Bad Request", "at least one file is required", "files")
-        specs = []
-        for i, spec in enumerate(files):
-            for key in ("source", "destination"):
-                if not isinstance(spec.get(key), str):
-                    return problem(400, "Bad Request", "a URL is required", f"files[{i}].{key}")
-            if spec["destination"].startswith("file://") and not spec["destination"].startswith(
-                ALLOWED_ROOT
-            ):
-                return problem(400, "Bad Request", "destination is outside the allowed roots",
-                               f"files[{i}].destination")
-            specs.append(spec)
-        params = JobParams.from_json(body.get("params") or {})
-        idem_key = request.headers.get("Idempotency-Key")
-        with self.lock:
-            if idem_key and idem_key in self.idempotency:
-                known = self.idempotency[idem_key]
-                state = self.jobs[known].to_job(self.tenant).state
-                return web.json_response({"job_id": known, "state": state.value}, status=200)
-            self.posts.append(body)
-            job_id = secrets.token_hex(8)
-            records = [
-                FileRecord(
-                    file_id=f"{job_id}.{i}", job_id=job_id, index=i, source=s["source"],
-                    destination=s["destination"], state=FileState.SUBMITTED, size=s.get("size"),
-                    checksum=s.get("checksum"), verified_checksum=None, bytes_done=0,
-                    rate_bps=0.0, attempts=0, error_class=None, reason=None, not_before=None,
-                    backend="stream", link="src -> local", lease_owner=None, lease_until=None,
-                    started_at=None, finished_at=None, metadata=s.get("metadata") or {},
-                )
-                for i, s in enumerate(specs)
-            ]
-            self.jobs[job_id] = PeerJob(job_id, params, time.time(), records)
-            if idem_key:
-                self.idempotency[idem_key] = job_id
-        return web.json_response({"job_id": job_id, "state": "SUBMITTED"}, status=201)
-
-    def _job(self, request: web.Request) -> PeerJob:
-        job = self.jobs.get(request.match_info["id"])
-        if job is None:
-            raise web.HTTPNotFound(
-                text=json.dumps({"title": "Not Found", "status": 404, "detail": "no such job"}),
-                content_type="application/problem+json",
-            )
-        return job
-
-    async def get_job(self, request: web.Request) -> web.Response:
-        with self.lock:
-            return web.json_response(self._job(request).to_job(self.tenant).to_json())
-
-    async def list_jobs(self, request: web.Request) -> web.Response:
-        state = request.query.get("state")
-        start = int(request.query.get("cursor") or 0)
-        limit = int(request.query.get("limit") or 100)
-        with self.lock:
-            jobs = [j.to_job(self.tenant).to_json() for j in self.jobs.values()]
-        if state:
-            jobs = [j for j in jobs if j["state"] == state]
-        page = jobs[start:start + limit]
-        cursor = str(start + limit) if start + limit < len(jobs) else None
-        return web.json_response({"jobs": page, "next_cursor": cursor})
-
-    async def list_files(self, request: web.Request) -> web.Response:
-        state = request.query.get("state")
-        start = int(request.query.get("cursor") or 0)
-        limit = int(request.query.get("limit") or 1000)
-        with self.lock:
-            files = [f.to_json() for f in self._job(request).files
-                     if state is None or f.state.value == state]
-            if state == "ACTIVE" and files:
-                self.active_file_reads += 1
-        page = files[start:start + limit]
-        cursor = str(start + limit) if start + limit < len(files) else None
-        return web.json_response({"files": page, "next_cursor": cursor})
-
-    async def cancel_job(self, request: web.Request) -> web.Response:
-        with self.lock:
-            job = self._job(request)
-            job.cancel_requested = True
-            for f in job.files:
-                if f.state not in FILE_TERMINAL:
-                    f.state = FileState.CANCELED
-            return web.json_response(job.to_job(self.tenant).to_json())
-
-    async def retry_job(self, request: web.Request) -> web.Response:
-        with self.lock:
-            job = self._job(request)
-            retried = 0
-            for f in job.files:
-                if f.state in (FileState.FAILED, FileState.CANCELED):
-                    f.state, f.error_class, f.reason = FileState.SUBMITTED, None, None
-                    retried += 1
-            job.cancel_requested = False
-            state = job.to_job(self.tenant).state.value
-        return web.json_response({"job_id": job.job_id, "state": state, "retried": retried})
+class Lab:
+    node: Node
+    redis_url: str
+    root: Path  # the one directory file:// destinations may name
+    worker: StoreWorker
 
 
 @pytest.fixture(scope="module")
-def peer_server() -> Iterator[ContractPeer]:
-    peer = ContractPeer()
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    runner = web.AppRunner(peer.app(), access_log=None)
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    server = start_redis(tmp_path_factory.mktemp("cli-redis"))
+    root = tmp_path_factory.mktemp("cli-data").resolve()  # the API answers resolved paths
+    try:
+        node = start_node(tmp_path_factory.mktemp("cli-node"), redis_url=server.url,
+                          workers=0, allow_roots=[root])
+        worker = StoreWorker(server.url)
+        try:
+            yield Lab(node, server.url, root, worker)
+        finally:
+            worker.close()
+            node.proc.stop()
+    finally:
+        server.proc.terminate()
+        server.proc.wait(10)
 
-    async def start() -> None:
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        host, port = runner.addresses[0][:2]
-        peer.url = f"http://{host}:{port}"
 
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(start())
-        started.set()
-        loop.run_forever()
+@dataclass
+class Tenant:
+    """A tenant of the module's node with its own submitter token."""
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(30)
-    yield peer
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(30)
+    lab: Lab
+    name: str
+    token: str = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return self.lab.node.url
+
+    @property
+    def env(self) -> dict[str, str]:
+        return cli_env(TRANSFERD_URL=self.url, TRANSFERD_TOKEN=self.token)
+
+    def dest(self, name: str) -> str:
+        """A file:// destination URL under the node's allowed root."""
+        return (self.lab.root / name).as_uri()
+
+    def api_get(self, path: str, **query: str) -> Any:
+        """The node's JSON answer to GET /api/v1{path}, read without transferd's client."""
+        url = self.url + "/api/v1" + path
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def job_ids(self) -> list[str]:
+        """The ids of every job the node lists for this tenant."""
+        page = self.api_get("/jobs", limit="1000")
+        assert page["next_cursor"] is None
+        return [job["job_id"] for job in page["jobs"]]
+
+    def files(self, job_id: str) -> list[dict[str, Any]]:
+        """Every file of the job as the API lists it, page after page."""
+        files: list[dict[str, Any]] = []
+        query = {"limit": "1000"}
+        while True:
+            page = self.api_get(f"/jobs/{job_id}/files", **query)
+            files += page["files"]
+            if not page["next_cursor"]:
+                return files
+            query["cursor"] = page["next_cursor"]
 
 
 @pytest.fixture
-def peer(peer_server: ContractPeer) -> ContractPeer:
-    with peer_server.lock:
-        peer_server.jobs.clear()
-        peer_server.idempotency.clear()
-        peer_server.posts.clear()
-        peer_server.active_file_reads = 0
-    return peer_server
+def tenant(lab: Lab) -> Tenant:
+    name = "cli-" + secrets.token_hex(4)
+    return Tenant(lab, name, create_token(name, "submitter", redis_url=lab.redis_url))
 
 
 def cli_env(**extra: str) -> dict[str, str]:
@@ -280,26 +197,33 @@ def run_cli(*args: str, env: dict[str, str] | None = None,
     )
 
 
-def peer_env(peer: ContractPeer) -> dict[str, str]:
-    return cli_env(TRANSFERD_URL=peer.url, TRANSFERD_TOKEN=peer.token)
+def as_sent(spec: dict[str, Any]) -> dict[str, Any]:
+    """What a file record says of the spec it was submitted with."""
+    return {"source": spec["source"], "destination": spec["destination"],
+            "size": spec.get("size"), "checksum": spec.get("checksum"),
+            "metadata": spec.get("metadata", {})}
 
 
-def api_get(peer: ContractPeer, path: str) -> Any:
-    request = urllib.request.Request(peer.url + "/api/v1" + path,
-                                     headers={"Authorization": f"Bearer {peer.token}"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+def as_stored(record: dict[str, Any]) -> dict[str, Any]:
+    return {key: record[key] for key in ("source", "destination", "size", "checksum", "metadata")}
 
 
-def write_csv(path: Path, n: int, bad_line: int | None = None) -> None:
+def write_csv(path: Path, tenant: Tenant, n: int, bad_line: int | None = None
+              ) -> list[dict[str, Any]]:
+    """A CSV manifest of ``n`` files; returns the specs it lists."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["source", "destination", "size", "checksum"])
+    specs = []
     for i in range(n):
-        size = "12x" if bad_line == i + 2 else str(i * 10)
-        writer.writerow([f"https://archive.example.org/L{i}.tar", f"file:///data/L{i}.tar",
-                         size, f"adler32:{i:08x}"])
+        spec = {"source": f"https://archive.example.org/L{i}.tar",
+                "destination": tenant.dest(f"L{i}.tar"), "size": i * 10,
+                "checksum": f"adler32:{i:08x}"}
+        size = "12x" if bad_line == i + 2 else str(spec["size"])
+        writer.writerow([spec["source"], spec["destination"], size, spec["checksum"]])
+        specs.append(spec)
     path.write_text(out.getvalue())
+    return specs
 
 
 # -- settings and errors --------------------------------------------------------------------
@@ -312,8 +236,8 @@ def test_missing_url_names_the_setting_and_exits_2() -> None:
     assert "td_secret_value" not in result.stderr + result.stdout
 
 
-def test_missing_token_names_the_setting_and_exits_2(peer: ContractPeer) -> None:
-    result = run_cli("ls", env=cli_env(TRANSFERD_URL=peer.url))
+def test_missing_token_names_the_setting_and_exits_2(lab: Lab) -> None:
+    result = run_cli("ls", env=cli_env(TRANSFERD_URL=lab.node.url))
     assert result.returncode == 2
     assert "TRANSFERD_TOKEN" in result.stderr
 
@@ -331,126 +255,140 @@ def test_unreachable_node_is_one_sentence_and_exit_4() -> None:
     assert url in result.stderr and "td_never_shown" not in result.stderr
 
 
-def test_a_refused_token_is_exit_5_and_never_printed(peer: ContractPeer) -> None:
+def test_a_refused_token_is_exit_5_and_never_printed(lab: Lab) -> None:
     wrong = "td_wrong_" + secrets.token_hex(8)
-    result = run_cli("ls", env=cli_env(TRANSFERD_URL=peer.url, TRANSFERD_TOKEN=wrong))
+    result = run_cli("ls", env=cli_env(TRANSFERD_URL=lab.node.url, TRANSFERD_TOKEN=wrong))
     assert result.returncode == 5
-    assert "invalid bearer credential" in result.stderr
+    assert "unknown or revoked API token" in result.stderr
     assert wrong not in result.stderr + result.stdout
 
 
-def test_a_rejected_request_names_the_field_and_hides_the_token(peer: ContractPeer) -> None:
-    result = run_cli("submit", "https://a.org/x", "file:///etc/x", env=peer_env(peer))
+def test_a_rejected_request_names_the_field_and_hides_the_token(tenant: Tenant) -> None:
+    result = run_cli("submit", "https://a.org/x", "file:///etc/x", env=tenant.env)
     assert result.returncode == 2
     assert "files[0].destination" in result.stderr
-    assert "outside the allowed roots" in result.stderr
-    assert peer.token not in result.stderr + result.stdout
-    assert peer.posts == []
+    assert "outside the directories allowed" in result.stderr
+    assert tenant.token not in result.stderr + result.stdout
+    assert tenant.job_ids() == []
 
 
-def test_unknown_job_is_exit_6(peer: ContractPeer) -> None:
-    result = run_cli("status", "nosuchjob", env=peer_env(peer))
+def test_unknown_job_is_exit_6(tenant: Tenant) -> None:
+    result = run_cli("status", "nosuchjob", env=tenant.env)
     assert result.returncode == 6
-    assert "no such job" in result.stderr
+    assert "no job 'nosuchjob'" in result.stderr
+
+
+def test_another_tenants_job_is_exit_6_as_if_it_did_not_exist(
+    tenant: Tenant, lab: Lab
+) -> None:
+    other = "cli-" + secrets.token_hex(4)
+    theirs = Client(lab.node.url, create_token(other, "submitter", redis_url=lab.redis_url))
+    answer = theirs.submit([{"source": "https://a.org/1", "destination": tenant.dest("1")}])
+    result = run_cli("status", answer["job_id"], env=tenant.env)
+    assert result.returncode == 6
+    assert f"no job {answer['job_id']!r}" in result.stderr
 
 
 # -- submit --------------------------------------------------------------------------------
 
 
-def test_submit_pairs_prints_only_the_job_id_and_sends_params(peer: ContractPeer) -> None:
+def test_submit_pairs_prints_only_the_job_id_and_sends_params(tenant: Tenant) -> None:
     result = run_cli(
-        "submit", "https://a.org/1.tar", "file:///data/1.tar",
-        "https://a.org/2.tar", "file:///data/2.tar",
+        "submit", "https://a.org/1.tar", tenant.dest("1.tar"),
+        "https://a.org/2.tar", tenant.dest("2.tar"),
         "--checksum", "adler32", "--priority", "4", "--overwrite", "--max-retries", "5",
-        env=peer_env(peer),
+        env=tenant.env,
     )
     assert result.returncode == 0, result.stderr
     job_id = result.stdout.strip()
-    assert job_id in peer.jobs
-    (body,) = peer.posts
-    assert body["files"] == [
-        {"source": "https://a.org/1.tar", "destination": "file:///data/1.tar",
-         "checksum": "adler32"},
-        {"source": "https://a.org/2.tar", "destination": "file:///data/2.tar",
-         "checksum": "adler32"},
+    assert result.stdout == job_id + "\n"
+    assert tenant.job_ids() == [job_id]
+    assert [as_stored(f) for f in tenant.files(job_id)] == [
+        {"source": "https://a.org/1.tar", "destination": tenant.dest("1.tar"), "size": None,
+         "checksum": "adler32", "metadata": {}},
+        {"source": "https://a.org/2.tar", "destination": tenant.dest("2.tar"), "size": None,
+         "checksum": "adler32", "metadata": {}},
     ]
-    assert body["params"] == {"priority": 4, "overwrite": True, "max_retries": 5}
+    # what was not given stays the node's default
+    expected = JobParams(priority=4, overwrite=True, max_retries=5).to_json()
+    assert tenant.api_get(f"/jobs/{job_id}")["params"] == expected
 
 
-def test_submit_odd_number_of_urls_is_a_usage_error(peer: ContractPeer) -> None:
-    result = run_cli("submit", "https://a.org/1.tar", env=peer_env(peer))
+def test_submit_odd_number_of_urls_is_a_usage_error(tenant: Tenant) -> None:
+    result = run_cli("submit", "https://a.org/1.tar", env=tenant.env)
     assert result.returncode == 2
     assert "no destination" in result.stderr
-    assert peer.posts == []
+    assert tenant.job_ids() == []
 
 
-def test_submit_json_prints_the_whole_answer(peer: ContractPeer) -> None:
-    result = run_cli("submit", "https://a.org/1", "file:///data/1", "--json", env=peer_env(peer))
+def test_submit_json_prints_the_whole_answer(tenant: Tenant) -> None:
+    result = run_cli("submit", "https://a.org/1", tenant.dest("1"), "--json", env=tenant.env)
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     assert set(answer) == {"job_id", "state"} and answer["state"] == "SUBMITTED"
+    assert tenant.job_ids() == [answer["job_id"]]
 
 
-def test_resubmitting_with_the_same_idempotency_key_gives_the_same_job(
-    peer: ContractPeer,
-) -> None:
-    args = ("submit", "https://a.org/1", "file:///data/1", "--idempotency-key", "run-42")
-    first = run_cli(*args, env=peer_env(peer))
-    second = run_cli(*args, env=peer_env(peer))
+def test_resubmitting_with_the_same_idempotency_key_gives_the_same_job(tenant: Tenant) -> None:
+    args = ("submit", "https://a.org/1", tenant.dest("1"), "--idempotency-key", "run-42")
+    first = run_cli(*args, env=tenant.env)
+    second = run_cli(*args, env=tenant.env)
     assert first.returncode == second.returncode == 0
     assert first.stdout == second.stdout
-    assert len(peer.jobs) == 1
+    assert tenant.job_ids() == [first.stdout.strip()]
 
 
-def test_submit_csv_manifest_of_5000_lines(peer: ContractPeer, tmp_path: Path) -> None:
+def test_submit_csv_manifest_of_5000_lines(tenant: Tenant, tmp_path: Path) -> None:
     manifest = tmp_path / "subbands.csv"
-    write_csv(manifest, 5000)
-    result = run_cli("submit", "--manifest", str(manifest), env=peer_env(peer))
+    specs = write_csv(manifest, tenant, 5000)
+    result = run_cli("submit", "--manifest", str(manifest), env=tenant.env)
     assert result.returncode == 0, result.stderr
-    files = peer.posts[0]["files"]
-    assert len(files) == 5000
-    assert files[4999] == {"source": "https://archive.example.org/L4999.tar",
-                           "destination": "file:///data/L4999.tar", "size": 49990,
-                           "checksum": "adler32:00001387"}
-    job = api_get(peer, f"/jobs/{result.stdout.strip()}")
+    job_id = result.stdout.strip()
+    files = tenant.files(job_id)
+    assert [f["index"] for f in files] == list(range(5000))
+    assert [as_stored(f) for f in files] == [as_sent(s) for s in specs]
+    assert files[4999]["checksum"] == "adler32:00001387"
+    job = tenant.api_get(f"/jobs/{job_id}")
     assert job["totals"]["files"] == 5000
+    assert job["totals"]["bytes_total"] == sum(s["size"] for s in specs)
 
 
-def test_submit_jsonl_manifest_of_5000_lines_from_stdin(peer: ContractPeer) -> None:
-    lines = [json.dumps({"source": f"davs://eos.example.org/f{i}", "size": i,
-                         "destination": f"file:///data/f{i}", "metadata": {"sb": i}})
-             for i in range(5000)]
-    result = run_cli("submit", "--manifest", "-", "--checksum", "md5", env=peer_env(peer),
-                     stdin="\n".join(lines) + "\n")
+def test_submit_jsonl_manifest_of_5000_lines_from_stdin(tenant: Tenant) -> None:
+    specs = [{"source": f"davs://eos.example.org/f{i}", "size": i,
+              "destination": tenant.dest(f"f{i}"), "metadata": {"sb": i}} for i in range(5000)]
+    result = run_cli("submit", "--manifest", "-", "--checksum", "md5", env=tenant.env,
+                     stdin="\n".join(json.dumps(s) for s in specs) + "\n")
     assert result.returncode == 0, result.stderr
-    files = peer.posts[0]["files"]
+    files = tenant.files(result.stdout.strip())
     assert len(files) == 5000
-    assert files[17] == {"source": "davs://eos.example.org/f17", "destination": "file:///data/f17",
-                         "size": 17, "checksum": "md5", "metadata": {"sb": 17}}
+    assert [as_stored(f) for f in files] == [as_sent({**s, "checksum": "md5"}) for s in specs]
+    assert as_stored(files[17]) == {"source": "davs://eos.example.org/f17",
+                                    "destination": tenant.dest("f17"), "size": 17,
+                                    "checksum": "md5", "metadata": {"sb": 17}}
 
 
 def test_a_bad_csv_line_is_named_with_its_field_and_nothing_is_submitted(
-    peer: ContractPeer, tmp_path: Path
+    tenant: Tenant, tmp_path: Path
 ) -> None:
     manifest = tmp_path / "bad.csv"
-    write_csv(manifest, 5000, bad_line=2718)
-    result = run_cli("submit", "--manifest", str(manifest), env=peer_env(peer))
+    write_csv(manifest, tenant, 5000, bad_line=2718)
+    result = run_cli("submit", "--manifest", str(manifest), env=tenant.env)
     assert result.returncode == 2
     assert f"{manifest} line 2718, field 'size'" in result.stderr
     assert "'12x'" in result.stderr
-    assert peer.posts == []
+    assert tenant.job_ids() == []
 
 
-def test_a_bad_jsonl_line_is_named_with_its_field(peer: ContractPeer, tmp_path: Path) -> None:
+def test_a_bad_jsonl_line_is_named_with_its_field(tenant: Tenant, tmp_path: Path) -> None:
     manifest = tmp_path / "bad.jsonl"
-    rows = [{"source": "https://a.org/x", "destination": "file:///data/x"}] * 10
-    rows[6] = {"source": "https://a.org/x", "destination": "file:///data/x",
+    rows = [{"source": "https://a.org/x", "destination": tenant.dest("x")}] * 10
+    rows[6] = {"source": "https://a.org/x", "destination": tenant.dest("x"),
                "checksum": "adler32:zz"}
     manifest.write_text("\n".join(json.dumps(r) for r in rows))
-    result = run_cli("submit", "--manifest", str(manifest), env=peer_env(peer))
+    result = run_cli("submit", "--manifest", str(manifest), env=tenant.env)
     assert result.returncode == 2
     assert "line 7, field 'checksum'" in result.stderr
-    assert peer.posts == []
+    assert tenant.job_ids() == []
 
 
 @pytest.mark.parametrize(
@@ -506,110 +444,182 @@ def test_manifest_formats_parse_to_the_same_specs() -> None:
 # -- status, ls, files, cancel, retry ------------------------------------------------------
 
 
-def submit(peer: ContractPeer, n: int, size: int = 1000) -> str:
-    lines = [json.dumps({"source": f"https://a.org/{i}", "destination": f"file:///data/{i}",
+def submit(tenant: Tenant, n: int, size: int = 1000, *extra: str) -> str:
+    lines = [json.dumps({"source": f"https://a.org/{i}", "destination": tenant.dest(f"w{i}.bin"),
                          "size": size}) for i in range(n)]
-    result = run_cli("submit", "--manifest", "-", env=peer_env(peer), stdin="\n".join(lines))
+    result = run_cli("submit", "--manifest", "-", *extra, env=tenant.env, stdin="\n".join(lines))
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
 
-def test_status_json_is_exactly_the_api_answer(peer: ContractPeer) -> None:
-    job_id = submit(peer, 3)
-    peer.set_file(job_id, 0, FileState.FINISHED, bytes_done=1000)
-    result = run_cli("status", job_id, "--json", env=peer_env(peer))
+def test_status_json_is_exactly_the_api_answer(tenant: Tenant) -> None:
+    job_id = submit(tenant, 3)
+    tenant.lab.worker.finish(job_id, 0, size=1000)
+    result = run_cli("status", job_id, "--json", env=tenant.env)
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
-    fetched = api_get(peer, f"/jobs/{job_id}")
-    shown.pop("updated_at"), fetched.pop("updated_at")  # the peer stamps each answer
-    assert shown == fetched
+    assert shown == tenant.api_get(f"/jobs/{job_id}")
     assert shown["state"] == "ACTIVE"
     assert shown["totals"]["files_by_state"]["FINISHED"] == 1
 
 
-def test_status_for_people_shows_state_and_totals(peer: ContractPeer) -> None:
-    job_id = submit(peer, 2, size=2 * 1024 * 1024)
-    peer.set_file(job_id, 0, FileState.ACTIVE, bytes_done=1024 * 1024, rate_bps=512 * 1024)
-    result = run_cli("status", job_id, env=peer_env(peer))
+def test_status_for_people_shows_state_and_totals(tenant: Tenant) -> None:
+    job_id = submit(tenant, 2, 2 * 1024 * 1024)
+    tenant.lab.worker.start(job_id, 0, bytes_done=1024 * 1024, rate_bps=512 * 1024)
+    result = run_cli("status", job_id, env=tenant.env)
     assert result.returncode == 0, result.stderr
     assert f"job {job_id}  ACTIVE" in result.stdout
     assert "1 submitted, 1 active" in result.stdout
     assert "1.0 MiB of 4.0 MiB at 512.0 KiB/s" in result.stdout
 
 
-def test_ls_lists_every_page_and_filters_by_state(peer: ContractPeer) -> None:
-    ids = [submit(peer, 1) for _ in range(3)]
-    peer.set_file(ids[1], 0, FileState.FINISHED, bytes_done=1000)
-    listed = run_cli("ls", "--json", env=peer_env(peer))
+def test_ls_lists_every_page_and_filters_by_state(tenant: Tenant) -> None:
+    client = Client(tenant.url, tenant.token)
+    # more jobs than the API's page of 100, so the listing takes two pages
+    answers = [client.submit([{"source": f"https://a.org/{i}", "destination": tenant.dest(f"{i}")}])
+               for i in range(105)]
+    ids = [answer["job_id"] for answer in answers]
+    tenant.lab.worker.finish(ids[1], 0, size=1000)
+    listed = run_cli("ls", "--json", "--limit", "1000", env=tenant.env)
     assert listed.returncode == 0, listed.stderr
     assert sorted(j["job_id"] for j in json.loads(listed.stdout)["jobs"]) == sorted(ids)
-    finished = run_cli("ls", "--state", "FINISHED", env=peer_env(peer))
+    finished = run_cli("ls", "--state", "FINISHED", env=tenant.env)
     assert finished.returncode == 0, finished.stderr
     assert finished.stdout.split("\t")[0] == ids[1]
     assert finished.stdout.count("\n") == 1
 
 
-def test_files_pages_through_thousands_and_filters(peer: ContractPeer) -> None:
-    job_id = submit(peer, 2500)
-    peer.set_file(job_id, 1234, FileState.FAILED, error_class="checksum")
-    every = run_cli("files", job_id, "--json", env=peer_env(peer))
+def test_files_pages_through_thousands_and_filters(tenant: Tenant) -> None:
+    # with no retries left, the (retryable) mismatch fails the file for good
+    job_id = submit(tenant, 2500, 1000, "--max-retries", "0")
+    mismatch = ChecksumMismatch("adler32", "0a1b2c3d", "ffff0000")
+    tenant.lab.worker.fail(job_id, 1234, mismatch)
+    every = run_cli("files", job_id, "--json", env=tenant.env)
     assert every.returncode == 0, every.stderr
     assert [json.loads(ln)["index"] for ln in every.stdout.splitlines()] == list(range(2500))
-    failed = run_cli("files", job_id, "--state", "FAILED", env=peer_env(peer))
+    failed = run_cli("files", job_id, "--state", "FAILED", env=tenant.env)
+    assert failed.returncode == 0, failed.stderr
     assert failed.stdout.startswith("1234\tFAILED\t")
-    assert "[checksum] checksum happened" in failed.stdout
+    assert failed.stdout.count("\n") == 1
+    assert f"[checksum] {mismatch.reason}" in failed.stdout
 
 
-def test_cancel_then_retry(peer: ContractPeer) -> None:
-    job_id = submit(peer, 4)
-    peer.set_file(job_id, 0, FileState.FINISHED, bytes_done=1000)
-    canceled = run_cli("cancel", job_id, env=peer_env(peer))
+def test_cancel_then_retry(tenant: Tenant) -> None:
+    job_id = submit(tenant, 4)
+    tenant.lab.worker.finish(job_id, 0, size=1000)
+    canceled = run_cli("cancel", job_id, env=tenant.env)
     assert canceled.returncode == 0, canceled.stderr
     assert canceled.stdout.strip() == f"job {job_id}: CANCELED"
-    retried = run_cli("retry", job_id, "--json", env=peer_env(peer))
+    assert [f["state"] for f in tenant.files(job_id)] == ["FINISHED"] + ["CANCELED"] * 3
+    retried = run_cli("retry", job_id, "--json", env=tenant.env)
     assert retried.returncode == 0, retried.stderr
     assert json.loads(retried.stdout) == {"job_id": job_id, "state": "ACTIVE", "retried": 3}
+    assert [f["state"] for f in tenant.files(job_id)] == ["FINISHED"] + ["SUBMITTED"] * 3
 
 
 # -- watch ---------------------------------------------------------------------------------
 
-
-def wait_until(predicate: Any, what: str, bound_s: float = 30.0) -> None:
-    deadline = time.monotonic() + bound_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
+_CONTROL = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")  # CSI and 2-byte escapes
 
 
-def start_watch(peer: ContractPeer, job_id: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+class Terminal:
+    """A command run on a pseudo-terminal, as a person runs it: ``watch`` redraws its
+    progress bars there at every poll (into a pipe it only prints the last frame)."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        master, slave = pty.openpty()
+        termios.tcsetwinsize(slave, (50, 160))
+        self._master = master
+        self._out = bytearray()
+        self._lock = threading.Lock()
+        try:
+            self.popen = subprocess.Popen(args, env={**env, "TERM": "xterm-256color"},
+                                          stdin=subprocess.DEVNULL, stdout=slave,
+                                          stderr=subprocess.PIPE, text=True)
+        finally:
+            os.close(slave)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self._master, 65536)
+            except OSError:  # EIO: the command exited and closed the terminal
+                data = b""
+            if not data:
+                os.close(self._master)
+                return
+            with self._lock:
+                self._out += data
+
+    def lines(self) -> list[str]:
+        """Every line drawn so far, control sequences removed."""
+        with self._lock:
+            text = self._out.decode("utf-8", "replace")
+        return [ln for ln in re.split(r"[\r\n]+", _CONTROL.sub("", text)) if ln.strip()]
+
+    def wait_for_line(self, *parts: str) -> str:
+        """The first line drawn that holds all of ``parts``."""
+        def drawn() -> str | None:
+            return next((ln for ln in self.lines() if all(p in ln for p in parts)), None)
+
+        try:
+            return str(wait_until(drawn, CLI_TIMEOUT_S, f"a line with {parts}"))
+        except AssertionError as err:
+            raise AssertionError(f"{err}; drawn:\n" + "\n".join(self.lines()[-20:])) from None
+
+    def finish(self) -> tuple[int, str, str]:
+        """Wait for the command to exit: (exit code, screen text, stderr)."""
+        _, err = self.popen.communicate(timeout=CLI_TIMEOUT_S)
+        self._reader.join(CLI_TIMEOUT_S)
+        return self.popen.returncode, "\n".join(self.lines()), err
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.communicate()
+
+
+def test_watch_follows_active_files_and_exits_0_when_finished(tenant: Tenant) -> None:
+    job_id = submit(tenant, 3, 4096)
+    worker = tenant.lab.worker
+    watcher = Terminal([sys.executable, "-m", "transferd", "watch", job_id,
+                        "--interval", "0.05"], tenant.env)
+    try:
+        worker.start(job_id, 0, bytes_done=2048, rate_bps=1024.0)
+        # the watch draws a bar for the ACTIVE file, then follows its progress
+        watcher.wait_for_line("w0.bin", "2.0 KiB/4.0 KiB", "1.0 KiB/s", "ETA 2s")
+        watcher.wait_for_line(f"job {job_id[:8]}… ACTIVE 0/3 files", "2.0 KiB/12.0 KiB")
+        worker.progress(job_id, 0, bytes_done=3072, rate_bps=2048.0)
+        watcher.wait_for_line("w0.bin", "3.0 KiB/4.0 KiB", "2.0 KiB/s")
+        for i in range(3):
+            worker.finish(job_id, i, size=4096)
+        code, screen, err = watcher.finish()
+    finally:
+        watcher.kill()
+    assert code == 0, err
+    assert f"job {job_id}  FINISHED" in screen
+    assert "3 finished" in screen
+
+
+def test_watch_exits_3_when_the_job_ends_failed(tenant: Tenant) -> None:
+    job_id = submit(tenant, 2)
+    watcher = subprocess.Popen(
         [sys.executable, "-m", "transferd", "watch", job_id, "--interval", "0.05"],
-        env=peer_env(peer), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=tenant.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-
-
-def test_watch_follows_active_files_and_exits_0_when_finished(peer: ContractPeer) -> None:
-    job_id = submit(peer, 3, size=4096)
-    watcher = start_watch(peer, job_id)
-    peer.set_file(job_id, 0, FileState.ACTIVE, bytes_done=2048, rate_bps=1024.0)
-    # The watcher has seen the ACTIVE file once it asked for ACTIVE files after the change.
-    wait_until(lambda: peer.reads_of_active_files() >= 2, "watch to poll active files")
-    for i in range(3):
-        peer.set_file(job_id, i, FileState.FINISHED, bytes_done=4096)
-    out, err = watcher.communicate(timeout=CLI_TIMEOUT_S)
-    assert watcher.returncode == 0, err
-    assert f"job {job_id}  FINISHED" in out
-    assert "3 finished" in out
-
-
-def test_watch_exits_3_when_the_job_ends_failed(peer: ContractPeer) -> None:
-    job_id = submit(peer, 2)
-    watcher = start_watch(peer, job_id)
-    peer.set_file(job_id, 0, FileState.FINISHED, bytes_done=1000)
-    peer.set_file(job_id, 1, FileState.FAILED, error_class="not_found")
-    out, err = watcher.communicate(timeout=CLI_TIMEOUT_S)
+    try:
+        tenant.lab.worker.finish(job_id, 0, size=1000)
+        tenant.lab.worker.fail(job_id, 1, NotFound("the source answered 404 Not Found"))
+        out, err = watcher.communicate(timeout=CLI_TIMEOUT_S)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.communicate()
     assert watcher.returncode == 3, err
-    assert "FINISHEDDIRTY" in out
+    assert f"job {job_id}  FINISHEDDIRTY" in out
+    assert "1 finished, 1 failed" in out
 
 
 # -- token create --------------------------------------------------------------------------
