@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.node_proc import Node, create_token, wait_until
+from tests.node_proc import Node, create_token, wait_job, wait_until
 from tests.redis_server import RedisServer
 from tests.servers import NginxServer, _stop, start_nginx
 from transferd.client import Client, ClientError
@@ -31,7 +31,6 @@ MiB = 1024 * 1024
 SOURCE_TOKEN = "src-tok.5f3a9c1e7b"
 DESTINATION_TOKEN = "dst-tok.0d2e4b6a8c"
 WRONG_TOKEN = "not-the-token.77e1"
-TERMINAL = {"FINISHED", "FINISHEDDIRTY", "FAILED", "CANCELED", "EXPIRED"}
 
 
 @dataclass
@@ -56,12 +55,26 @@ def adler32_hex(data: bytes) -> str:
     return f"{zlib.adler32(data):08x}"
 
 
-def wait_job(client: Client, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
-    def ended() -> dict[str, Any] | None:
-        job = client.job(job_id)
-        return job if job["state"] in TERMINAL else None
+@dataclass
+class Lab:
+    """A node (two workers) that may write ``dest`` and read ``local``, and a submitter."""
 
-    return wait_until(ended, timeout_s, f"job {job_id} to end")  # type: ignore[return-value]
+    node: Node
+    api_token: str
+    client: Client
+    redis_url: str
+    dest: Path
+    local: Path
+
+
+@pytest.fixture
+def lab(node_factory: Callable[..., Node], redis_server: RedisServer, dest: Path,
+        tmp_path: Path) -> Lab:
+    local = tmp_path / "local"
+    local.mkdir()
+    node = node_factory(allow_roots=[dest, local], workers=2)
+    api_token = create_token("lab", "submitter", redis_url=redis_server.url)
+    return Lab(node, api_token, Client(node.url, api_token), redis_server.url, dest, local)
 
 
 def events_text(node: Node, api_token: str, job_id: str, final: str) -> str:
@@ -116,22 +129,25 @@ def redis_keys_holding(url: str, needles: list[bytes]) -> list[bytes]:
     return hits
 
 
+def assert_no_trace(lab: Lab, job_id: str, final: str, secrets: list[str]) -> None:
+    """No secret in an API answer, an event up to the job's ``final`` one, the log, or Redis."""
+    answers = json.dumps([lab.client.job(job_id), lab.client.files(job_id), lab.client.jobs()])
+    answers += events_text(lab.node, lab.api_token, job_id, final)
+    assert not [s for s in secrets if s in answers]
+    assert not [s for s in secrets if s in "".join(lab.node.proc.log)]
+    assert redis_keys_holding(lab.redis_url, [s.encode() for s in secrets]) == []
+
+
 @pytest.mark.parametrize("backend", ["stream", "rclone"])
 def test_tokens_reach_their_endpoints_and_leave_no_trace(
-    node_factory: Callable[..., Node], redis_server: RedisServer, guarded: Guarded,
-    tmp_path: Path, backend: str,
+    lab: Lab, guarded: Guarded, backend: str,
 ) -> None:
-    dest, local = tmp_path / "dest", tmp_path / "local"
-    dest.mkdir()
-    local.mkdir()
+    client, dest, local = lab.client, lab.dest, lab.local
     blobs = {"big.bin": os.urandom(9 * MiB + 5), "small.bin": os.urandom(1000)}
     for name, data in blobs.items():
         (guarded.source.root / "in").mkdir(exist_ok=True)
         (guarded.source.root / "in" / name).write_bytes(data)
     (local / "up.bin").write_bytes(blobs["big.bin"][: 3 * MiB])
-    node = node_factory(allow_roots=[dest, local], workers=2)
-    api_token = create_token("lab", "submitter", redis_url=redis_server.url)
-    client = Client(node.url, api_token)
     src, dst = guarded.source.url, guarded.destination.url.replace("http://", "dav://")
     files = [
         # http source with its token → local file
@@ -161,26 +177,15 @@ def test_tokens_reach_their_endpoints_and_leave_no_trace(
         entries = server.log_entries()
         assert entries and all(e.status != 401 for e in entries), entries
 
-    secrets = [SOURCE_TOKEN, DESTINATION_TOKEN]
-    answers = json.dumps([client.job(job_id), client.files(job_id), client.jobs()])
-    answers += events_text(node, api_token, job_id, "FINISHED")
-    assert not [s for s in secrets if s in answers]
-    assert not [s for s in secrets if s in "".join(node.proc.log)]
-    assert redis_keys_holding(redis_server.url, [s.encode() for s in secrets]) == []
+    assert_no_trace(lab, job_id, "FINISHED", [SOURCE_TOKEN, DESTINATION_TOKEN])
 
 
 def test_a_refused_token_fails_the_file_as_auth_without_retries(
-    node_factory: Callable[..., Node], redis_server: RedisServer, guarded: Guarded,
-    tmp_path: Path,
+    lab: Lab, guarded: Guarded,
 ) -> None:
-    dest, local = tmp_path / "dest", tmp_path / "local"
-    dest.mkdir()
-    local.mkdir()
+    client, dest, local = lab.client, lab.dest, lab.local
     (guarded.source.root / "a.bin").write_bytes(os.urandom(100_000))
     (local / "b.bin").write_bytes(os.urandom(100_000))
-    node = node_factory(allow_roots=[dest, local], workers=2)
-    api_token = create_token("lab", "submitter", redis_url=redis_server.url)
-    client = Client(node.url, api_token)
     files = [
         {"source": f"{guarded.source.url}/a.bin", "destination": f"file://{dest}/a.bin",
          "source_token": WRONG_TOKEN},
@@ -199,12 +204,7 @@ def test_a_refused_token_fails_the_file_as_auth_without_retries(
     refused = guarded.source.log_entries() + guarded.destination.log_entries()
     assert refused and all(e.status == 401 for e in refused)
 
-    secrets = [WRONG_TOKEN, SOURCE_TOKEN]
-    answers = json.dumps([client.job(job_id), client.files(job_id)])
-    answers += events_text(node, api_token, job_id, "FAILED")
-    assert not [s for s in secrets if s in answers]
-    assert not [s for s in secrets if s in "".join(node.proc.log)]
-    assert redis_keys_holding(redis_server.url, [s.encode() for s in secrets]) == []
+    assert_no_trace(lab, job_id, "FAILED", [WRONG_TOKEN, SOURCE_TOKEN])
 
     # the job ended, so its tokens are gone: a retry fails with that sentence and
     # never reaches the servers without a credential
@@ -252,7 +252,7 @@ def test_bad_tokens_are_refused_naming_the_field_and_never_echoed(
     spec = {"source": "https://src.example.org/x.bin", "destination": f"file://{tmp_path}/x.bin",
             "source_token": "T0k3n-for-a-file"}
     with pytest.raises(ClientError) as err:
-        client.submit([spec], {"backend": "fts"})
+        client.submit([spec], {"backend": "rucio"})
     assert err.value.status == 400 and err.value.fields == ["files[0].source_token"]
-    assert "stream and rclone backends" in json.dumps(err.value.problem)
+    assert "the rucio backend sends no endpoint tokens" in json.dumps(err.value.problem)
     assert client.jobs()["jobs"] == []

@@ -19,7 +19,7 @@ from tests.node_proc import Node, create_token, wait_until
 from tests.redis_server import RedisServer
 from tests.servers import FaultProxy, NginxServer
 from transferd.client import Client
-from transferd.fts3 import deterministic_job_id, parse_submission
+from transferd.fts3 import FtsBadRequest, deterministic_job_id, parse_submission
 
 MiB = 1024 * 1024
 FTS_TERMINAL = {"FINISHED", "FINISHEDDIRTY", "FAILED", "CANCELED"}
@@ -70,6 +70,28 @@ def test_submission_maps_fts_params_to_ours() -> None:
     assert job_id == str(uuid.uuid5(uuid.uuid5(
         uuid.UUID("01874efb-4735-4595-bc9c-591aef8240c9"), "atlas"), "s-1"))
     assert job_id == deterministic_job_id("atlas", "s-1")
+
+
+def test_submission_takes_fts_endpoint_tokens_and_never_echoes_a_bad_one() -> None:
+    def files(**tokens: Any) -> dict[str, Any]:
+        return {"files": [{"sources": ["https://a.example/x"],
+                           "destinations": ["davs://c.example/y"], **tokens}], "params": {}}
+
+    request, _ = parse_submission(files(source_tokens=["src.T0k"],
+                                        destination_tokens=["dst.T0k"]), vo="lab", now=0.0)
+    spec = request.files[0]
+    assert (spec.source_token, spec.destination_token) == ("src.T0k", "dst.T0k")
+    assert "T0k" not in repr(spec)
+    none, _ = parse_submission(files(source_tokens=[], destination_tokens=[None]), vo="lab",
+                               now=0.0)
+    assert (none.files[0].source_token, none.files[0].destination_token) == (None, None)
+    for tokens, message in (({"source_tokens": "src.T0k"}, "files[0].source_tokens: expected"),
+                            ({"destination_tokens": ["two words"]},
+                             "files[0].destination_tokens[0]: only visible ASCII")):
+        with pytest.raises(FtsBadRequest) as err:
+            parse_submission(files(**tokens), vo="lab", now=0.0)
+        assert str(err.value).startswith(message) and "T0k" not in str(err.value)
+        assert "two words" not in str(err.value)
 
 
 # -- with the real client --------------------------------------------------------------------

@@ -11,28 +11,19 @@ from typing import Any
 import fts3.rest.client.easy as fts3
 import pytest
 
-from tests.node_proc import Node, create_token, wait_until
+from tests.node_proc import Node, create_token, wait_job, wait_until
 from tests.redis_server import RedisServer
-from tests.servers import FaultProxy, NginxServer
+from tests.servers import FaultProxy, NginxServer, _stop, start_nginx
 from transferd.client import Client
 from transferd.fts3 import deterministic_job_id
 from workers.fts import classify_reason, fts_checksum, our_checksum
 
 MiB = 1024 * 1024
-TERMINAL = {"FINISHED", "FINISHEDDIRTY", "FAILED", "CANCELED"}
+SOURCE_TOKEN = "fts-src-tok.9b1d2e"
 
 
 def adler(data: bytes) -> str:
     return f"{zlib.adler32(data):08x}"
-
-
-def wait_job(client: Client, job_id: str, states: set[str] = TERMINAL, timeout_s: float = 60
-             ) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        job = client.job(job_id)
-        return job if job["state"] in states else None
-
-    return wait_until(reached, timeout_s, f"job {job_id} in {states}")  # type: ignore[return-value]
 
 
 def first_file(client: Client, job_id: str) -> dict[str, Any]:
@@ -157,3 +148,34 @@ def test_lost_submission_answer_is_adopted_not_duplicated(
     assert wait_job(api_only, job_id)["state"] == "FINISHED"
     assert first_file(api_only, job_id)["verified_checksum"] == f"adler32:{adler(data)}"
     assert [j["job_id"] for j in fts3.list_jobs(pair.ctx)] == [pre]
+
+
+def test_a_files_endpoint_token_travels_with_its_fts_job(
+    pair: Pair, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # the source answers 401 to anything without its token: node B's mover must present it
+    base = tmp_path_factory.mktemp("guarded")
+    (base / "state").mkdir()
+    guarded = start_nginx(base / "root", base / "state", bearer=SOURCE_TOKEN)
+    try:
+        data = os.urandom(MiB + 7)
+        (guarded.root / "t.bin").write_bytes(data)
+        a = pair.start_a()
+        job_id = a.submit(
+            [{"source": f"{guarded.url}/t.bin", "destination": f"file://{pair.dest}/t.bin",
+              "source_token": SOURCE_TOKEN}],
+            {"backend": "fts"},
+        )["job_id"]
+        assert wait_job(a, job_id)["state"] == "FINISHED", a.files(job_id)
+        assert first_file(a, job_id)["verified_checksum"] == f"adler32:{adler(data)}"
+        assert (pair.dest / "t.bin").read_bytes() == data
+        entries = guarded.log_entries()
+        assert entries and all(e.status != 401 for e in entries), entries
+        # the token is in no answer of either node and in no log line
+        [on_b] = fts3.list_jobs(pair.ctx)
+        answers = repr([a.job(job_id), a.files(job_id), on_b,
+                        fts3.get_job_status(pair.ctx, on_b["job_id"], list_files=True)])
+        assert SOURCE_TOKEN not in answers
+        assert SOURCE_TOKEN not in "".join(pair.b.proc.log)
+    finally:
+        _stop(guarded.proc)

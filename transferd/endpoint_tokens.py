@@ -2,7 +2,9 @@
 ``destination_tokens``: kept while the job may run, then gone.
 
 A submitted file may carry ``source_token`` and ``destination_token``; the
-stream mover sends ``Authorization: Bearer <token>`` to that endpoint.  Keys
+stream mover sends ``Authorization: Bearer <token>`` to that endpoint, rclone
+gives it to its on-the-fly WebDAV remote, and the fts backend passes it on as
+the FTS job's ``source_tokens``/``destination_tokens``.  Keys
 (namespace ``td``; see docs/contracts.md):
 
 - ``td:creds:{job_id}`` hash ``k`` → token, in clear (a worker on another
@@ -28,7 +30,7 @@ from redis.asyncio import Redis
 from transferd.errors import AuthError
 from transferd.models import FileSpec
 
-__all__ = ["creds_key", "endpoint_headers", "refs_key", "token_rows"]
+__all__ = ["bearer_of", "creds_key", "endpoint_headers", "refs_key", "token_rows"]
 
 HeaderProvider = Callable[[], Awaitable[Mapping[str, str]]]
 
@@ -88,3 +90,13 @@ async def endpoint_headers(
         _bearer(tokens[source_k]) if source_k else None,
         _bearer(tokens[destination_k]) if destination_k else None,
     )
+
+
+async def bearer_of(provider: HeaderProvider | None) -> str | None:
+    """The token of a provider's ``Authorization: Bearer`` header (None for none), for
+    backends that take the token itself rather than headers."""
+    if provider is None:
+        return None
+    header = (await provider()).get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token if scheme.lower() == "bearer" and token else None

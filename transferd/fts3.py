@@ -45,7 +45,13 @@ from transferd.paths import Confiner, PathNotAllowed
 from transferd.problem import Problem
 from transferd.states import FileState, JobState
 from transferd.store import JobStore
-from transferd.validation import MAX_METADATA_BYTES, check_url, decode_json, parse_checksum
+from transferd.validation import (
+    MAX_METADATA_BYTES,
+    check_url,
+    decode_json,
+    parse_checksum,
+    token_problem,
+)
 
 __all__ = [
     "API_VERSION",
@@ -147,6 +153,22 @@ def _queue_hours(value: Any) -> float | None:
     return number / {"s": 3600.0, "m": 60.0, "h": 1.0}[unit]
 
 
+def _endpoint_token(raw: dict[str, Any], side: str, where: str, url: str) -> str | None:
+    """FTS's ``source_tokens``/``destination_tokens``: the first entry goes with the
+    first (the one we use) source or destination; the value is never echoed."""
+    key = f"{side}_tokens"
+    tokens = raw.get(key)
+    if tokens is None or tokens == []:
+        return None
+    if not isinstance(tokens, list):
+        raise FtsBadRequest(f"{where}.{key}: expected a list of strings")
+    if tokens[0] is None:
+        return None
+    if (why := token_problem(tokens[0], url, side)) is not None:
+        raise FtsBadRequest(f"{where}.{key}[0]: {why}")
+    return str(tokens[0])
+
+
 def _file(index: int, raw: Any) -> tuple[FileSpec, str | None]:
     where = f"files[{index}]"
     if not isinstance(raw, dict):
@@ -175,8 +197,11 @@ def _file(index: int, raw: Any) -> tuple[FileSpec, str | None]:
         meta = {"fts_metadata": metadata}
     if len(json.dumps(meta, separators=(",", ":")).encode()) > MAX_METADATA_BYTES:
         raise FtsBadRequest(f"{where}.metadata: larger than {MAX_METADATA_BYTES} bytes")
+    source_token = _endpoint_token(raw, "source", where, source)
+    destination_token = _endpoint_token(raw, "destination", where, destination)
     spec = FileSpec(source=source, destination=destination, size=size,
-                    checksum=_checksum(raw.get("checksum")), metadata=meta)
+                    checksum=_checksum(raw.get("checksum")), metadata=meta,
+                    source_token=source_token, destination_token=destination_token)
     activity = raw.get("activity")
     return spec, activity if isinstance(activity, str) and activity else None
 

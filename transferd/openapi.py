@@ -91,8 +91,8 @@ _SCHEMAS: dict[str, Any] = {
                 "pattern": "^[\\x21-\\x7e]+$", "writeOnly": True,
                 "description": "A bearer token the stream mover or rclone sends to an "
                 "http(s)/dav(s) source (and uses to list a folder source), as FTS3's "
-                "`source_tokens`; the fts and rucio backends refuse it.  Never returned; "
-                "kept only until the job ends."},
+                "`source_tokens` (the fts backend passes it on as those; the rucio backend "
+                "refuses it).  Never returned; kept only until the job ends."},
             "destination_token": {
                 "type": "string", "minLength": 1, "maxLength": MAX_TOKEN_CHARS,
                 "pattern": "^[\\x21-\\x7e]+$", "writeOnly": True,

@@ -40,6 +40,7 @@ __all__ = [
     "parse_checksum",
     "parse_deadline",
     "parse_job_request",
+    "token_problem",
 ]
 
 SCHEMES = frozenset({"file", "http", "https", "dav", "davs", "rclone", "rucio"})
@@ -58,7 +59,7 @@ MAX_TOKEN_CHARS = 16384  # a large JWT with many scopes fits
 # endpoints the stream mover sends a bearer token to; folders it can list
 TOKEN_SCHEMES = frozenset({"http", "https", "dav", "davs"})
 FOLDER_SCHEMES = frozenset({"file", "http", "https", "dav", "davs"})
-TOKEN_BACKENDS = ("auto", "stream", "rclone")
+TOKEN_BACKENDS = ("auto", "stream", "rclone", "fts")
 
 _HEX = re.compile(r"^[0-9a-f]+$")
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
@@ -157,6 +158,20 @@ def _scheme_of(url: Any) -> str:
     return url.partition(":")[0].lower() if isinstance(url, str) else ""
 
 
+def token_problem(value: Any, url: Any, side: str) -> str | None:
+    """Why ``value`` cannot be the bearer token of the ``side`` ("source" or
+    "destination") ``url``, or None; the sentence never repeats the value."""
+    if not isinstance(value, str):
+        return f"expected a string, got {_kind(value)}"
+    if not 0 < len(value) <= MAX_TOKEN_CHARS:
+        return f"expected 1..{MAX_TOKEN_CHARS} characters"
+    if not _TOKEN.match(value):
+        return "only visible ASCII characters (no spaces) may appear in a token"
+    if _scheme_of(url) not in TOKEN_SCHEMES:
+        return f"a bearer token is sent only to http(s):// and dav(s):// {side}s"
+    return None
+
+
 def _token(item: dict[str, Any], side: str, where: str, backend: str,
            errors: _Errors) -> str | None:
     """The ``{side}_token`` of a file, checked; the message never repeats the value."""
@@ -165,19 +180,13 @@ def _token(item: dict[str, Any], side: str, where: str, backend: str,
     if value is None:
         return None
     field = f"{where}.{key}"
-    if not isinstance(value, str):
-        errors.add(field, f"expected a string, got {_kind(value)}")
-    elif not 0 < len(value) <= MAX_TOKEN_CHARS:
-        errors.add(field, f"expected 1..{MAX_TOKEN_CHARS} characters")
-    elif not _TOKEN.match(value):
-        errors.add(field, "only visible ASCII characters (no spaces) may appear in a token")
-    elif _scheme_of(item.get(side)) not in TOKEN_SCHEMES:
-        errors.add(field, f"a bearer token is sent only to http(s):// and dav(s):// {side}s")
+    if (why := token_problem(value, item.get(side), side)) is not None:
+        errors.add(field, why)
     elif backend not in TOKEN_BACKENDS:
-        errors.add(field, f"only the stream and rclone backends send endpoint tokens, "
-                          f"not {backend}")
+        errors.add(field, f"the {backend} backend sends no endpoint tokens "
+                          "(stream, rclone and fts do)")
     else:
-        return value
+        return str(value)
     return None
 
 

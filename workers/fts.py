@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transferd.endpoint_tokens import bearer_of, endpoint_headers
 from transferd.errors import (
     AuthError,
     Canceled,
@@ -276,11 +277,16 @@ async def link_for(rt: WorkerRuntime) -> FtsLink:
 # -- the mover -----------------------------------------------------------------------------
 
 
-def fts_job(run: FileRun, sid: str) -> dict[str, Any]:
-    """The FTS3 submission body for one of our files."""
+def fts_job(run: FileRun, sid: str, *, source_token: str | None = None,
+            destination_token: str | None = None) -> dict[str, Any]:
+    """The FTS3 submission body for one of our files (with its endpoint tokens, if any)."""
     record, params = run.record, run.params
     transfer: dict[str, Any] = {"sources": [record.source], "destinations": [record.destination],
                                 "metadata": {"transferd_file_id": record.file_id}}
+    if source_token is not None:
+        transfer["source_tokens"] = [source_token]
+    if destination_token is not None:
+        transfer["destination_tokens"] = [destination_token]
     if (checksum := fts_checksum(record.checksum)) is not None:
         transfer["checksum"] = checksum
     if record.size:
@@ -306,7 +312,12 @@ async def move_fts_file(rt: WorkerRuntime, run: FileRun) -> Copied:
     try:
         existing = await link.lookup(job_id)
         if existing is None:
-            await link.submit(fts_job(run, sid), job_id)
+            assert rt.redis is not None
+            source, destination = await endpoint_headers(rt.redis, run.record.job_id,
+                                                         run.record.index)
+            job = fts_job(run, sid, source_token=await bearer_of(source),
+                          destination_token=await bearer_of(destination))
+            await link.submit(job, job_id)
         else:
             log.info("%s: adopting FTS job %s", run.record.file_id, job_id)
             watch.status = existing

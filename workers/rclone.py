@@ -46,7 +46,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
 
-from transferd.endpoint_tokens import HeaderProvider, endpoint_headers
+from transferd.endpoint_tokens import HeaderProvider, bearer_of, endpoint_headers
 from transferd.errors import (
     AuthError,
     Canceled,
@@ -318,21 +318,13 @@ async def _endpoint_auth(rt: WorkerRuntime, record: FileRecord
     return source or await share_headers(rt.redis, rt.session, record.job_id), destination
 
 
-async def _bearer_of(provider: HeaderProvider | None) -> str | None:
-    if provider is None:
-        return None
-    header = (await provider()).get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    return token if scheme.lower() == "bearer" and token else None
-
-
 async def move_rclone_file(rt: WorkerRuntime, run: FileRun) -> Copied:
     """Copy one file with rclone's ``operations/copyfile``, then verify it ourselves."""
     record = run.record
     daemon = await daemon_for(rt)
     source_auth, destination_auth = await _endpoint_auth(rt, record)
-    src_fs, src_remote = split_endpoint(record.source, await _bearer_of(source_auth))
-    dst_fs, dst_remote = split_endpoint(record.destination, await _bearer_of(destination_auth))
+    src_fs, src_remote = split_endpoint(record.source, await bearer_of(source_auth))
+    dst_fs, dst_remote = split_endpoint(record.destination, await bearer_of(destination_auth))
     overwrite = bool(run.params and run.params.overwrite)
     # a second attempt may replace what our own first attempt left behind
     if not overwrite and record.attempts <= 1 and await _exists(daemon, dst_fs, dst_remote):
