@@ -9,15 +9,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from transferd.client import Client
 
 TRANSFERD = [sys.executable, "-m", "transferd"]
+MiB = 1024 * 1024
+TERMINAL = frozenset({"FINISHED", "FINISHEDDIRTY", "FAILED", "CANCELED", "EXPIRED"})
 
 
 def _pump(stream: object, lines: queue.Queue[str], log: list[str]) -> None:
@@ -106,6 +110,15 @@ def create_token(tenant: str, role: str, *, redis_url: str | None = None,
     return out.stdout.strip()
 
 
+def adler32_hex(path: Path) -> str:
+    """The adler32 a node reports for the file at ``path``, read in pieces."""
+    value = 1
+    with path.open("rb") as f:
+        while block := f.read(4 * MiB):
+            value = zlib.adler32(block, value)
+    return f"{value:08x}"
+
+
 def wait_until(predicate: Callable[[], object], timeout_s: float = 60, what: str = "") -> object:
     """Poll ``predicate`` until it returns something truthy; fail with ``what`` after the bound."""
     deadline = time.monotonic() + timeout_s
@@ -115,6 +128,16 @@ def wait_until(predicate: Callable[[], object], timeout_s: float = 60, what: str
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+def wait_job(client: Client, job_id: str, states: Collection[str] = TERMINAL,
+             timeout_s: float = 60) -> dict[str, Any]:
+    """The job as the API shows it once its state is one of ``states`` (by default, ended)."""
+    def reached() -> dict[str, Any] | None:
+        job = client.job(job_id)
+        return job if job["state"] in states else None
+
+    return wait_until(reached, timeout_s, f"job {job_id} in {sorted(states)}")  # type: ignore[return-value]
 
 
 @pytest.fixture
@@ -131,6 +154,24 @@ def node_factory(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Node]
     yield factory
     for proc in started:
         proc.stop()
+
+
+LofarNode = tuple[Node, str, Client]
+
+
+@pytest.fixture
+def lofar_node(node_factory: Callable[..., Node], redis_url: str, dest: Path
+               ) -> Callable[..., LofarNode]:
+    """Starts a node that may write ``dest``: (node, a lofar token of ``role``, its client).
+
+    Keyword arguments go to ``node_factory`` (``workers=0``, ``extra=[...]``).
+    """
+    def start(role: str = "submitter", **kwargs: Any) -> LofarNode:
+        node = node_factory(allow_roots=[dest], **kwargs)
+        token = create_token("lofar", role, redis_url=redis_url)
+        return node, token, Client(node.url, token)
+
+    return start
 
 
 def client_for(node: Node, token: str) -> Client:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-import zlib
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,16 +24,6 @@ from aiohttp import web
 from tests.node_proc import TRANSFERD, Node, create_token
 from tests.peers import LoopThread, _start_app
 from transferd.client import Client
-
-MiB = 1024 * 1024
-
-
-def adler32_hex(path: Path) -> str:
-    value = 1
-    with path.open("rb") as f:
-        while block := f.read(4 * MiB):
-            value = zlib.adler32(block, value)
-    return f"{value:08x}"
 
 
 @dataclass
@@ -92,6 +83,17 @@ def start_ocm_node(
     token = create_token("lab", "submitter", redis_url=redis_url)
     host = urlsplit(public_url or node.url).netloc
     return OcmNode(node, Client(node.url, token), token, redis_url, host, key_file)
+
+
+def post_json(url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """POST ``body`` as JSON: the status and the decoded answer, an error's as well."""
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
 
 
 def write_directory(path: Path, hosts: list[str]) -> None:

@@ -1,12 +1,17 @@
-"""A real OIDC issuer for the tests: discovery and JWKS over HTTP on an ephemeral port."""
+"""A real OIDC issuer for the tests: discovery and JWKS over HTTP on an ephemeral port.
+
+Fixture: ``idp`` -> OidcIssuerServer, started for the test and stopped after it.
+"""
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import jwt
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -48,6 +53,13 @@ class OidcIssuerServer:
 
     async def stop(self) -> None:
         await self.server.close()
+
+    async def __aenter__(self) -> OidcIssuerServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
 
     @property
     def issuer(self) -> str:
@@ -94,3 +106,10 @@ class OidcIssuerServer:
         if headers["kid"] is None:
             headers = {}
         return jwt.encode(body, key.private, algorithm=alg or key.alg, headers=headers)
+
+
+@pytest.fixture
+async def idp() -> AsyncIterator[OidcIssuerServer]:
+    """The issuer a test configures its node to trust."""
+    async with OidcIssuerServer() as server:
+        yield server

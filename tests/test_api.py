@@ -78,14 +78,6 @@ async def stored(client: redis.asyncio.Redis) -> list[bytes]:
 
 
 @pytest.fixture
-async def idp() -> AsyncIterator[OidcIssuerServer]:
-    server = OidcIssuerServer()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
 async def node(
     aredis: redis.asyncio.Redis, tmp_path: Path, idp: OidcIssuerServer
 ) -> AsyncIterator[Node]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -142,45 +143,38 @@ def test_claims_without_subject_or_tenant_are_refused(
 
 
 @pytest.fixture
-async def idp() -> AsyncIterator[OidcIssuerServer]:
-    server = OidcIssuerServer()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
 async def rogue() -> AsyncIterator[OidcIssuerServer]:
     """An issuer nobody configured."""
-    server = OidcIssuerServer()
-    await server.start()
-    yield server
-    await server.stop()
+    async with OidcIssuerServer() as server:
+        yield server
 
 
-def make_auth(
+@contextlib.asynccontextmanager
+async def authenticator(
     aredis: redis.asyncio.Redis, idp: OidcIssuerServer, *, discover: bool = False,
     refetch_min_interval_s: float = 0.0,
-) -> Authenticator:
+) -> AsyncIterator[Authenticator]:
+    """An authenticator trusting ``idp`` (its JWKS named, or ``discover``-ed), closed after."""
     issuer = OidcIssuer(
         issuer=idp.issuer, audience=[AUDIENCE], jwks_uri=None if discover else idp.jwks_uri
     )
     config = NodeConfig(oidc_issuers=[issuer])
-    return Authenticator(
+    auth = Authenticator(
         aredis, config, jwks=JwksCache(refetch_min_interval_s=refetch_min_interval_s)
     )
+    try:
+        yield auth
+    finally:
+        await auth.close()
 
 
 async def test_rs256_and_es256_tokens_are_accepted_and_keys_cached(
     aredis: redis.asyncio.Redis, idp: OidcIssuerServer
 ) -> None:
-    auth = make_auth(aredis, idp)
-    try:
+    async with authenticator(aredis, idp) as auth:
         rsa_principal = await auth.verify(idp.token(scope="transferd.operator"))
         ec_principal = await auth.verify(idp.token(key=idp.keys[1], tenant="bob"))
         again = await auth.verify(idp.token())
-    finally:
-        await auth.close()
     assert rsa_principal == Principal(f"user-1@{idp.issuer}", "alice", Role.OPERATOR)
     assert (ec_principal.tenant, ec_principal.role) == ("bob", Role.SUBMITTER)
     assert again.role is Role.SUBMITTER
@@ -190,24 +184,18 @@ async def test_rs256_and_es256_tokens_are_accepted_and_keys_cached(
 async def test_keys_are_discovered_from_the_issuer(
     aredis: redis.asyncio.Redis, idp: OidcIssuerServer
 ) -> None:
-    auth = make_auth(aredis, idp, discover=True)
-    try:
+    async with authenticator(aredis, idp, discover=True) as auth:
         principal = await auth.verify(idp.token())
-    finally:
-        await auth.close()
     assert principal.tenant == "alice"
 
 
 async def test_rotated_key_is_fetched_on_unknown_kid(
     aredis: redis.asyncio.Redis, idp: OidcIssuerServer
 ) -> None:
-    auth = make_auth(aredis, idp)
-    try:
+    async with authenticator(aredis, idp) as auth:
         await auth.verify(idp.token())
         fresh = idp.rotate()
         principal = await auth.verify(idp.token(key=fresh))
-    finally:
-        await auth.close()
     assert principal.tenant == "alice"
     assert idp.jwks_fetches == 2
 
@@ -215,15 +203,12 @@ async def test_rotated_key_is_fetched_on_unknown_kid(
 async def test_unknown_kid_does_not_refetch_within_the_interval(
     aredis: redis.asyncio.Redis, idp: OidcIssuerServer
 ) -> None:
-    auth = make_auth(aredis, idp, refetch_min_interval_s=3600)
-    try:
+    async with authenticator(aredis, idp, refetch_min_interval_s=3600) as auth:
         await auth.verify(idp.token())
         stranger = SigningKey("RS256")
         for _ in range(3):
             with pytest.raises(AuthFailed, match="signing key is not among"):
                 await auth.verify(idp.token(key=stranger))
-    finally:
-        await auth.close()
     assert idp.jwks_fetches == 1
 
 
@@ -252,36 +237,27 @@ async def test_unknown_kid_does_not_refetch_within_the_interval(
 async def test_bad_jwts_are_refused(
     aredis: redis.asyncio.Redis, idp: OidcIssuerServer, make: Any, message: str
 ) -> None:
-    auth = make_auth(aredis, idp)
     token = make(idp)
-    try:
+    async with authenticator(aredis, idp) as auth:
         with pytest.raises(AuthFailed, match=message) as caught:
             await auth.verify(token)
-    finally:
-        await auth.close()
     assert token not in str(caught.value)
 
 
 async def test_token_from_another_issuer_is_refused_before_fetching_its_keys(
     aredis: redis.asyncio.Redis, idp: OidcIssuerServer, rogue: OidcIssuerServer
 ) -> None:
-    auth = make_auth(aredis, idp)
-    try:
+    async with authenticator(aredis, idp) as auth:
         with pytest.raises(AuthFailed, match="issuer is not trusted"):
             await auth.verify(rogue.token())
-    finally:
-        await auth.close()
     assert rogue.jwks_fetches == 0
 
 
 async def test_clock_skew_within_leeway_is_tolerated(
     aredis: redis.asyncio.Redis, idp: OidcIssuerServer
 ) -> None:
-    auth = make_auth(aredis, idp)
-    try:
+    async with authenticator(aredis, idp) as auth:
         principal = await auth.verify(idp.token(lifetime_s=-5))  # leeway is 30 s
-    finally:
-        await auth.close()
     assert principal.tenant == "alice"
 
 
@@ -289,26 +265,20 @@ async def test_unreachable_issuer_is_unavailable_not_accepted(
     aredis: redis.asyncio.Redis, idp: OidcIssuerServer
 ) -> None:
     idp.available = False
-    auth = make_auth(aredis, idp)
-    try:
+    async with authenticator(aredis, idp) as auth:
         with pytest.raises(JwksUnavailable):
             await auth.verify(idp.token())
-    finally:
-        await auth.close()
 
 
 async def test_stale_keys_serve_while_the_issuer_is_down(
     aredis: redis.asyncio.Redis, idp: OidcIssuerServer
 ) -> None:
-    auth = make_auth(aredis, idp)
-    try:
+    async with authenticator(aredis, idp) as auth:
         await auth.verify(idp.token())
         idp.available = False
         with pytest.raises(AuthFailed, match="signing key"):
             await auth.verify(idp.token(key=SigningKey("RS256")))
         principal = await auth.verify(idp.token())
-    finally:
-        await auth.close()
     assert principal.tenant == "alice"
 
 

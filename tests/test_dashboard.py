@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
-from tests.node_proc import Node, create_token, wait_until
+from tests.node_proc import LofarNode, Node, create_token, wait_job, wait_until
 from tests.redis_server import RedisServer
 from tests.servers import FaultProxy, NginxServer
 from transferd.client import Client
@@ -33,7 +33,6 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-TERMINAL = {"FINISHED", "FINISHEDDIRTY", "FAILED", "CANCELED", "EXPIRED"}
 
 
 @pytest.fixture
@@ -68,6 +67,16 @@ def sign_in(page: Page, node: Node, token: str, *, url: str | None = None) -> No
     expect(page.locator("#live")).to_have_class("live ok")
 
 
+def expect_progress_to_grow(page: Page) -> Locator:
+    """The job page's progress bar, once it shows more than it first did."""
+    bar = page.locator("#job-progress [role=progressbar]")
+    first = int(bar.get_attribute("aria-valuenow") or 0)
+    page.wait_for_function(
+        f"() => +document.querySelector('#job-progress [role=progressbar]')"
+        f".getAttribute('aria-valuenow') > {first}", timeout=30_000)
+    return bar
+
+
 def slow_job(nginx: NginxServer, proxy: FaultProxy, dest: Path, client: Client, name: str,
              size: int, **params: Any) -> str:
     (nginx.root / name).write_bytes(os.urandom(size))
@@ -91,12 +100,10 @@ def get_json(url: str, token: str | None = None) -> tuple[int, Any]:
 
 
 def test_unauthenticated_visit_shows_only_the_sign_in_form(
-    node_factory: Callable[..., Node], redis_server: RedisServer, page: Page,
-    nginx_server: NginxServer, dest: Path,
+    lofar_node: Callable[..., LofarNode], page: Page, nginx_server: NginxServer, dest: Path,
 ) -> None:
     (nginx_server.root / "secret-name.bin").write_bytes(b"x" * 1000)
-    node = node_factory(allow_roots=[dest])
-    client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
+    node, _, client = lofar_node()
     job_id = client.submit([{"source": f"{nginx_server.url}/secret-name.bin",
                              "destination": f"file://{dest}/secret-name.bin"}], {})["job_id"]
     page.goto(node.url + "/")
@@ -118,14 +125,13 @@ def test_unauthenticated_visit_shows_only_the_sign_in_form(
 
 
 def test_sign_in_and_watch_a_job_finish_without_reload(
-    node_factory: Callable[..., Node], redis_server: RedisServer, page: Page,
+    lofar_node: Callable[..., LofarNode], redis_server: RedisServer, page: Page,
     nginx_server: NginxServer, fault_proxy: Callable[[str], FaultProxy], dest: Path,
 ) -> None:
     proxy = fault_proxy(nginx_server.url)
     proxy.set(throttle_bps=3 * MiB)
-    node = node_factory(allow_roots=[dest])
+    node, _, client = lofar_node()
     operator = create_token("ops", "operator", redis_url=redis_server.url)
-    client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
     # a failing file so the failures panel has something to group
     failed = client.submit([{"source": f"{nginx_server.url}/missing.bin",
                              "destination": f"file://{dest}/missing.bin"}], {"max_retries": 0})
@@ -154,11 +160,7 @@ def test_sign_in_and_watch_a_job_finish_without_reload(
 
     row.locator("a").first.click()
     expect(page.locator("#job-state")).to_contain_text("active")
-    bar = page.locator("#job-progress [role=progressbar]")
-    first = int(bar.get_attribute("aria-valuenow") or 0)
-    page.wait_for_function(
-        f"() => +document.querySelector('#job-progress [role=progressbar]')"
-        f".getAttribute('aria-valuenow') > {first}", timeout=30_000)
+    bar = expect_progress_to_grow(page)
     shot(page, "dashboard-job-active")
     expect(page.locator("#job-state")).to_contain_text("finished", timeout=60_000)
     expect(bar).to_have_attribute("aria-valuenow", "100")
@@ -176,14 +178,12 @@ def test_sign_in_and_watch_a_job_finish_without_reload(
 
 
 def test_cancel_a_running_job_from_its_page(
-    node_factory: Callable[..., Node], redis_server: RedisServer, page: Page,
-    nginx_server: NginxServer, fault_proxy: Callable[[str], FaultProxy], dest: Path,
+    lofar_node: Callable[..., LofarNode], page: Page, nginx_server: NginxServer,
+    fault_proxy: Callable[[str], FaultProxy], dest: Path,
 ) -> None:
     proxy = fault_proxy(nginx_server.url)
     proxy.set(throttle_bps=1 * MiB)
-    node = node_factory(allow_roots=[dest])
-    token = create_token("lofar", "submitter", redis_url=redis_server.url)
-    client = Client(node.url, token)
+    node, token, client = lofar_node()
     job_id = slow_job(nginx_server, proxy, dest, client, "slow.bin", 64 * MiB)
     wait_until(lambda: client.job(job_id)["totals"]["bytes_done"] > 0, 30, "bytes to move")
 
@@ -201,12 +201,10 @@ def test_cancel_a_running_job_from_its_page(
 
 
 def test_the_page_reconnects_after_its_stream_drops_and_misses_nothing(
-    node_factory: Callable[..., Node], redis_server: RedisServer, page: Page,
-    nginx_server: NginxServer, fault_proxy: Callable[[str], FaultProxy], dest: Path,
+    lofar_node: Callable[..., LofarNode], page: Page, nginx_server: NginxServer,
+    fault_proxy: Callable[[str], FaultProxy], dest: Path,
 ) -> None:
-    node = node_factory(allow_roots=[dest])
-    token = create_token("lofar", "submitter", redis_url=redis_server.url)
-    client = Client(node.url, token)
+    node, token, client = lofar_node()
     between = fault_proxy(node.url)  # the browser reaches the node through this
     sign_in(page, node, token, url=between.url)
     page.evaluate("window.__noReload = 'still here'")
@@ -236,12 +234,9 @@ def test_the_page_reconnects_after_its_stream_drops_and_misses_nothing(
 
 
 def test_a_failure_group_links_to_its_failed_files(
-    node_factory: Callable[..., Node], redis_server: RedisServer, page: Page,
-    nginx_server: NginxServer, dest: Path,
+    lofar_node: Callable[..., LofarNode], page: Page, nginx_server: NginxServer, dest: Path,
 ) -> None:
-    node = node_factory(allow_roots=[dest])
-    token = create_token("lofar", "submitter", redis_url=redis_server.url)
-    client = Client(node.url, token)
+    node, token, client = lofar_node()
     (nginx_server.root / "here.bin").write_bytes(os.urandom(1000))
     job_id = client.submit(
         [{"source": f"{nginx_server.url}/here.bin", "destination": f"file://{dest}/here.bin"},
@@ -249,7 +244,7 @@ def test_a_failure_group_links_to_its_failed_files(
           "destination": f"file://{dest}/nowhere.bin"}],
         {"max_retries": 0},
     )["job_id"]
-    wait_until(lambda: client.job(job_id)["state"] in TERMINAL, 30, "the job to end")
+    wait_job(client, job_id, timeout_s=30)
 
     sign_in(page, node, token)
     group = page.locator(".failures li", has_text="not_found")
@@ -267,13 +262,12 @@ def test_a_failure_group_links_to_its_failed_files(
 
 
 def test_a_reader_sees_its_tenant_only_and_is_offered_no_actions(
-    node_factory: Callable[..., Node], redis_server: RedisServer, page: Page,
+    lofar_node: Callable[..., LofarNode], redis_server: RedisServer, page: Page,
     nginx_server: NginxServer, fault_proxy: Callable[[str], FaultProxy], dest: Path,
 ) -> None:
     proxy = fault_proxy(nginx_server.url)
     proxy.set(throttle_bps=1 * MiB)
-    node = node_factory(allow_roots=[dest])
-    lofar = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
+    node, _, lofar = lofar_node()
     other = Client(node.url, create_token("astro", "submitter", redis_url=redis_server.url))
     mine = slow_job(nginx_server, proxy, dest, lofar, "mine.bin", 32 * MiB)
     theirs = slow_job(nginx_server, proxy, dest, other, "theirs.bin", 32 * MiB)
@@ -294,14 +288,12 @@ def test_a_reader_sees_its_tenant_only_and_is_offered_no_actions(
 
 
 def test_phone_width_keeps_the_page_usable(
-    node_factory: Callable[..., Node], redis_server: RedisServer, browser: Browser,
-    nginx_server: NginxServer, fault_proxy: Callable[[str], FaultProxy], dest: Path,
+    lofar_node: Callable[..., LofarNode], browser: Browser, nginx_server: NginxServer,
+    fault_proxy: Callable[[str], FaultProxy], dest: Path,
 ) -> None:
     proxy = fault_proxy(nginx_server.url)
     proxy.set(throttle_bps=2 * MiB)
-    node = node_factory(allow_roots=[dest])
-    token = create_token("lofar", "operator", redis_url=redis_server.url)
-    client = Client(node.url, token)
+    node, token, client = lofar_node("operator")
     job_id = slow_job(nginx_server, proxy, dest, client, "phone.bin", 16 * MiB)
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
     phone = context.new_page()
@@ -321,10 +313,9 @@ def test_phone_width_keeps_the_page_usable(
 
 
 def test_shares_panel_says_when_ocm_is_not_enabled(
-    node_factory: Callable[..., Node], redis_server: RedisServer, page: Page, dest: Path,
+    lofar_node: Callable[..., LofarNode], page: Page,
 ) -> None:
-    node = node_factory(allow_roots=[dest])  # no [ocm] section: the share routes are absent
-    token = create_token("lofar", "submitter", redis_url=redis_server.url)
+    node, token, _ = lofar_node()  # no [ocm] section: the share routes are absent
     assert get_json(node.url + "/api/v1/shares?state=pending", token)[0] == 404
     sign_in(page, node, token)
     page.click("#tabs a[data-tab=shares]")

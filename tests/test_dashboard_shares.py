@@ -19,11 +19,11 @@ import redis
 from playwright.sync_api import Page, expect
 
 from tests import test_dashboard
-from tests.node_proc import Node, wait_until
-from tests.ocm_nodes import OcmNode, adler32_hex, start_ocm_node, write_directory
+from tests.node_proc import Node, adler32_hex, wait_until
+from tests.ocm_nodes import OcmNode, start_ocm_node, write_directory
 from tests.redis_server import free_port
 from tests.servers import FaultProxy
-from tests.test_dashboard import shot, sign_in
+from tests.test_dashboard import expect_progress_to_grow, shot, sign_in
 
 MiB = 1024 * 1024
 
@@ -119,11 +119,7 @@ def test_accept_an_incoming_share_and_watch_its_transfer_finish(
     expect(page).to_have_url(f"{b.node.url}/#/jobs/{share['job_id']}")
     expect(page.locator("#job-state")).to_contain_text("active", timeout=30_000)
     expect(page.locator("#shares-count")).to_be_hidden()  # nothing awaits any more
-    bar = page.locator("#job-progress [role=progressbar]")
-    first = int(bar.get_attribute("aria-valuenow") or 0)
-    page.wait_for_function(
-        f"() => +document.querySelector('#job-progress [role=progressbar]')"
-        f".getAttribute('aria-valuenow') > {first}", timeout=30_000)
+    bar = expect_progress_to_grow(page)
     shot(page, "dashboard-share-accepted-active")
     expect(page.locator("#job-state")).to_contain_text("finished", timeout=120_000)
     expect(bar).to_have_attribute("aria-valuenow", "100")

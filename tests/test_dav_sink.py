@@ -15,16 +15,8 @@ from tests.servers import FaultProxy, NginxServer, RcloneWebdav
 from transferd.errors import PermanentError, RetryableError
 from workers.stream import dav
 from workers.stream.dav import DavSink
-from workers.stream.http import new_session
 
 MIB = 1 << 20
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    s = new_session()
-    yield s
-    await s.close()
 
 
 async def pieces(data: bytes, size: int = 256 * 1024) -> AsyncIterator[bytes]:

@@ -9,6 +9,7 @@ runs it, from a WebDAV folder and with a failing authenticated source.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -31,7 +32,7 @@ from transferd import errors
 from workers.stream import dav
 from workers.stream.dav import DavSink
 from workers.stream.engine import copy_file
-from workers.stream.http import HttpSource, new_session
+from workers.stream.http import HttpSource
 from workers.stream.local import FileSource, url_of
 from workers.stream.manifest import (
     RedisManifestStore,
@@ -43,13 +44,6 @@ SMALL_CHUNKS = ChunkPolicy(chunk_size_bytes=MiB, min_chunk_bytes=MiB, max_stream
 ONE_STREAM = ChunkPolicy(chunk_size_bytes=MiB, min_chunk_bytes=MiB, max_streams=1, chunk_tries=1)
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    s = new_session()
-    yield s
-    await s.close()
-
-
 def adler(data: bytes) -> str:
     return f"adler32:{zlib.adler32(data):08x}"
 
@@ -58,6 +52,23 @@ def source_file(tmp_path: Path, size: int, name: str = "src.bin") -> tuple[str, 
     data = os.urandom(size)
     (tmp_path / name).write_bytes(data)
     return url_of(tmp_path / name), data
+
+
+@contextlib.asynccontextmanager
+async def canceled_once_patched(nc: NcPeer, n_bytes: int) -> AsyncIterator[asyncio.Event]:
+    """A cancel event set once ``nc`` holds ``n_bytes`` of a TUS upload (PATCHed)."""
+    cancel = asyncio.Event()
+
+    async def watch() -> None:
+        while nc.patch_bytes < n_bytes:
+            await asyncio.sleep(0.01)
+        cancel.set()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        yield cancel
+    finally:
+        watcher.cancel()
 
 
 def files_under(root: Path) -> dict[str, bytes]:
@@ -177,21 +188,11 @@ async def test_tus_interrupted_upload_resumes_with_missing_bytes_only(
     (nc_server.root / "up").mkdir()
 
     # interrupt once the server holds part of the file
-    cancel = asyncio.Event()
-
-    async def cancel_when_some_bytes_arrived() -> None:
-        while nc_server.patch_bytes < MiB:
-            await asyncio.sleep(0.01)
-        cancel.set()
-
-    watcher = asyncio.ensure_future(cancel_when_some_bytes_arrived())
     sink = DavSink(url, session)
-    try:
+    async with canceled_once_patched(nc_server, MiB) as cancel:
         with pytest.raises(errors.Canceled):
             await copy_file(HttpSource(f"{slow.url}/t.bin", session), sink, cancel=cancel,
                             resume_key="t.0")
-    finally:
-        watcher.cancel()
     await sink.abort(keep_partial=True)
     assert sink.mode == "tus"
     assert not (nc_server.root / "up" / "t.bin").exists()
@@ -220,20 +221,10 @@ async def test_tus_upload_url_in_redis_resumes_in_another_worker_unless_the_sour
     slow.set(throttle_bps=16 * MiB)
     url = nc_server.files_url("w.bin")
     store = RedisManifestStore(aredis, "td:manifest:w.0")
-    cancel = asyncio.Event()
-
-    async def cancel_when_some_bytes_arrived() -> None:
-        while nc_server.patch_bytes < MiB:
-            await asyncio.sleep(0.01)
-        cancel.set()
-
-    watcher = asyncio.ensure_future(cancel_when_some_bytes_arrived())
-    try:
+    async with canceled_once_patched(nc_server, MiB) as cancel:
         with pytest.raises(errors.Canceled):
             await copy_file(HttpSource(f"{slow.url}/w.bin", session), DavSink(url, session),
                             manifest=store, cancel=cancel)
-    finally:
-        watcher.cancel()
     stored = await aredis.hget(store.key, "upload_url")  # kept before the first PATCH
     assert isinstance(stored, bytes) and b"/tus/" in stored
     accepted = nc_server.patch_bytes

@@ -22,7 +22,7 @@ import redis.asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from tests.node_proc import Node, create_token, wait_until
+from tests.node_proc import Node, create_token, wait_job
 from tests.redis_server import RedisServer
 from tests.servers import NginxServer, WsgidavServer, _stop, start_nginx
 from transferd.api import setup_api
@@ -35,7 +35,6 @@ from transferd.models import Role
 from transferd.store import JobStore
 
 MiB = 1024 * 1024
-TERMINAL = {"FINISHED", "FINISHEDDIRTY", "FAILED", "CANCELED", "EXPIRED"}
 TREE = {  # relative path → size
     "a.bin": 3 * MiB + 11,
     "empty.bin": 0,
@@ -55,14 +54,6 @@ def make_tree(root: Path) -> dict[str, bytes]:
 
 def adler32_hex(data: bytes) -> str:
     return f"{zlib.adler32(data):08x}"
-
-
-def wait_job(client: Client, job_id: str, timeout_s: float = 90) -> dict[str, Any]:
-    def ended() -> dict[str, Any] | None:
-        job = client.job(job_id)
-        return job if job["state"] in TERMINAL else None
-
-    return wait_until(ended, timeout_s, f"job {job_id} to end")  # type: ignore[return-value]
 
 
 def all_files(client: Client, job_id: str) -> list[dict[str, Any]]:
@@ -108,7 +99,7 @@ def test_folders_expand_into_one_verified_file_each(
         {"source": f"file://{tmp_path}/local/single.bin", "destination": f"file://{dest}/one.bin"},
     ]
     job_id = client.submit(files)["job_id"]
-    job = wait_job(client, job_id)
+    job = wait_job(client, job_id, timeout_s=90)
     assert job["state"] == "FINISHED", all_files(client, job_id)
     assert job["totals"]["files"] == 2 * len(TREE) + 1
     records = all_files(client, job_id)
@@ -178,7 +169,7 @@ def test_a_guarded_folder_is_listed_with_the_source_token(
         assert job_keys(redis_server.url) == []
 
         job_id = client.submit([{**spec, "source_token": token}])["job_id"]
-        assert wait_job(client, job_id)["state"] == "FINISHED"
+        assert wait_job(client, job_id, timeout_s=90)["state"] == "FINISHED"
         for rel, data in blobs.items():
             assert (dest / rel).read_bytes() == data
         assert all(e.status != 401 for e in server.log_entries()[1:])  # only the wrong token's

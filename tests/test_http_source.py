@@ -7,7 +7,7 @@ import hashlib
 import os
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -24,16 +24,9 @@ from transferd.errors import (
     SourceChanged,
 )
 from workers.stream.base import SourceInfo
-from workers.stream.http import MIN_PIECE_BYTES, HttpSource, new_session
+from workers.stream.http import MIN_PIECE_BYTES, HttpSource
 
 MIB = 1 << 20
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    s = new_session()
-    yield s
-    await s.close()
 
 
 async def fetch(src: HttpSource, info: SourceInfo, offset: int = 0,

@@ -16,13 +16,22 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.node_proc import TRANSFERD, Node, Proc, create_token, wait_until
-from tests.redis_server import RedisServer, free_port
+from tests.node_proc import (
+    TERMINAL,
+    TRANSFERD,
+    LofarNode,
+    Node,
+    Proc,
+    create_token,
+    wait_job,
+    wait_until,
+)
+from tests.redis_server import free_port
 from tests.servers import FaultProxy, NginxServer
 from transferd.client import Client
 
-TERMINAL = {"FINISHED", "FINISHEDDIRTY", "FAILED", "CANCELED", "EXPIRED"}
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+LINK = "127.0.0.1 -> local"  # every test's sources are on 127.0.0.1, its destinations local
 
 
 def scrape(node: Node) -> Samples:
@@ -41,15 +50,36 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+NodeAndClients = tuple[Node, Client, Client]
+
+
+@pytest.fixture
+def lofar_and_ops(lofar_node: Callable[..., LofarNode], redis_url: str
+                  ) -> Callable[..., NodeAndClients]:
+    """Starts a node as lofar_node does: (node, a lofar submitter's client, an operator's)."""
+    def start(**kwargs: Any) -> NodeAndClients:
+        node, _, client = lofar_node(**kwargs)
+        return node, client, Client(node.url, create_token("ops", "operator", redis_url=redis_url))
+
+    return start
+
+
+def three_per_link(tmp_path: Path) -> list[str]:
+    """Node arguments for a policy that caps a link at three files and keeps that cap."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[optimizer]\nenabled = false\n[limits]\nlink_max_active = 3\n")
+    return ["--policy", str(policy)]
+
+
+def link_row(ops: Client) -> dict[str, Any] | None:
+    """LINK as GET /links shows it, or None while it is not listed."""
+    return next((x for x in ops.links() if x["link"] == LINK), None)
+
+
 def test_metrics_agree_with_the_api(
-    node_factory: Callable[..., Node], nginx_server: NginxServer, redis_server: RedisServer,
-    tmp_path: Path,
+    lofar_and_ops: Callable[..., NodeAndClients], nginx_server: NginxServer, dest: Path,
 ) -> None:
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    node = node_factory(allow_roots=[dest])
-    client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
-    ops = Client(node.url, create_token("ops", "operator", redis_url=redis_server.url))
+    node, client, ops = lofar_and_ops()
     payloads = {name: os.urandom(size) for name, size in (("a.bin", 300_000), ("b.bin", 5))}
     for name, data in payloads.items():
         (nginx_server.root / name).write_bytes(data)
@@ -68,10 +98,7 @@ def test_metrics_agree_with_the_api(
         {"source": f"{nginx_server.url}/b.bin", "destination": f"file://{dest}/c.bin",
          "checksum": wrong}], {"max_retries": 0})["job_id"]
     for job_id in (good, missing, corrupt, refused):
-        def ended(j: str = job_id) -> bool:
-            return client.job(j)["state"] in TERMINAL
-
-        wait_until(ended, 60, f"job {job_id}")
+        wait_job(client, job_id)
 
     jobs = ops.jobs()["jobs"]
     assert {j["job_id"]: j["state"] for j in jobs} == {
@@ -140,32 +167,24 @@ def worker_procs(redis_url: str) -> Iterator[Callable[[], tuple[Proc, str]]]:
 
 
 def test_link_and_worker_metrics_agree_with_the_api(
-    node_factory: Callable[..., Node], nginx_server: NginxServer, redis_server: RedisServer,
+    lofar_and_ops: Callable[..., NodeAndClients], nginx_server: NginxServer,
     fault_proxy: Callable[[str], FaultProxy], worker_procs: Callable[[], tuple[Proc, str]],
-    tmp_path: Path,
+    dest: Path, tmp_path: Path,
 ) -> None:
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    policy = tmp_path / "policy.toml"
-    policy.write_text("[optimizer]\nenabled = false\n[limits]\nlink_max_active = 3\n")
     # no workers in the node: the work is done by two worker processes whose ids we know
-    node = node_factory(allow_roots=[dest], workers=0, extra=["--policy", str(policy)])
+    node, client, ops = lofar_and_ops(workers=0, extra=three_per_link(tmp_path))
     (_, first_id), (second, second_id) = worker_procs(), worker_procs()
     workers = {first_id, second_id}
-    client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
-    ops = Client(node.url, create_token("ops", "operator", redis_url=redis_server.url))
     (nginx_server.root / "m.bin").write_bytes(os.urandom(200_000))
     proxy = fault_proxy(nginx_server.url)
     proxy.set(stalled=True)  # the link holds still while the two views are compared
-    link = "127.0.0.1 -> local"
     job = client.submit([{"source": f"{proxy.url}/m.bin", "destination": f"file://{dest}/m{i}"}
                          for i in range(10)], {})["job_id"]
 
     fields = ("active", "inflight", "queued", "target")
 
     def link_view() -> dict[str, Any]:
-        return {k: v for x in ops.links() if x["link"] == link for k, v in x.items()
-                if k in fields}
+        return {k: v for k, v in (link_row(ops) or {}).items() if k in fields}
 
     def steady() -> tuple[dict[str, Any], Samples] | None:
         # a scrape between two equal API answers saw the same link state as the API
@@ -178,9 +197,9 @@ def test_link_and_worker_metrics_agree_with_the_api(
     seen = wait_until(steady, 30, "three files in flight and seven queued on the link")
     assert isinstance(seen, tuple)
     api, samples = seen
-    assert value(samples, "transferd_link_active_files", link=link) == api["active"] > 0
-    assert value(samples, "transferd_link_queued_files", link=link) == api["queued"] == 7
-    assert (value(samples, "transferd_link_dispatched_files", link=link)
+    assert value(samples, "transferd_link_active_files", link=LINK) == api["active"] > 0
+    assert value(samples, "transferd_link_queued_files", link=LINK) == api["queued"] == 7
+    assert (value(samples, "transferd_link_dispatched_files", link=LINK)
             == api["inflight"] - api["active"])
     # the leases are held by our worker processes, and by no one else
     held = labelled(samples, "transferd_worker_active_files", "worker")
@@ -193,8 +212,9 @@ def test_link_and_worker_metrics_agree_with_the_api(
     assert value(samples, "transferd_workers_up") == 2
 
     proxy.set(stalled=False)
-    wait_until(lambda: client.job(job)["state"] == "FINISHED", 60, "the job to finish")
-    api = next(x for x in ops.links() if x["link"] == link)
+    assert wait_job(client, job, timeout_s=60)["state"] == "FINISHED"
+    api = link_row(ops)
+    assert api is not None
     samples = scrape(node)
     assert api["active"] == api["queued"] == 0 and api["successes"] == 10
     # idle workers stay listed, with no files and a recent presence beat
@@ -218,43 +238,27 @@ def test_link_and_worker_metrics_agree_with_the_api(
 
 
 def test_link_target_metric_is_the_target_the_scheduler_uses(
-    node_factory: Callable[..., Node], redis_server: RedisServer, tmp_path: Path,
+    lofar_and_ops: Callable[..., NodeAndClients], dest: Path, tmp_path: Path,
 ) -> None:
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    policy = tmp_path / "policy.toml"
-    policy.write_text("[optimizer]\nenabled = false\n[limits]\nlink_max_active = 3\n")
-    node = node_factory(allow_roots=[dest], workers=0, extra=["--policy", str(policy)])
-    client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
-    ops = Client(node.url, create_token("ops", "operator", redis_url=redis_server.url))
-    link = "127.0.0.1 -> local"
+    node, client, ops = lofar_and_ops(workers=0, extra=three_per_link(tmp_path))
     client.submit([{"source": f"http://127.0.0.1:{free_port()}/x{i}",
                     "destination": f"file://{dest}/x{i}"} for i in range(5)], {})
-
-    def listed() -> dict[str, Any] | None:
-        return next((x for x in ops.links() if x["link"] == link), None)
-
-    api = wait_until(listed, 30, "the link to be listed")
+    api = wait_until(lambda: link_row(ops), 30, "the link to be listed")
     assert isinstance(api, dict) and api["target"] == 3
-    assert value(scrape(node), "transferd_link_target_files", link=link) == 3
+    assert value(scrape(node), "transferd_link_target_files", link=LINK) == 3
 
 
 def test_a_drained_link_reports_zero_rather_than_vanishing(
-    node_factory: Callable[..., Node], nginx_server: NginxServer, redis_server: RedisServer,
-    tmp_path: Path,
+    lofar_and_ops: Callable[..., NodeAndClients], nginx_server: NginxServer, dest: Path,
 ) -> None:
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    node = node_factory(allow_roots=[dest])
-    client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
-    ops = Client(node.url, create_token("ops", "operator", redis_url=redis_server.url))
+    node, client, ops = lofar_and_ops()
     (nginx_server.root / "d.bin").write_bytes(os.urandom(1000))
     job = client.submit([{"source": f"{nginx_server.url}/d.bin",
                           "destination": f"file://{dest}/d.bin"}], {})["job_id"]
-    wait_until(lambda: client.job(job)["state"] == "FINISHED", 30, "the job to finish")
-    link = "127.0.0.1 -> local"
-    api = next(x for x in ops.links() if x["link"] == link)
+    assert wait_job(client, job, timeout_s=30)["state"] == "FINISHED"
+    api = link_row(ops)
+    assert api is not None
     samples = scrape(node)
     assert api["active"] == api["queued"] == 0
-    assert ("transferd_link_active_files", (("link", link),)) in samples
-    assert value(samples, "transferd_link_target_files", link=link) == api["target"]
+    assert ("transferd_link_active_files", (("link", LINK),)) in samples
+    assert value(samples, "transferd_link_target_files", link=LINK) == api["target"]

@@ -6,7 +6,6 @@ import filecmp
 import os
 import signal
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -15,7 +14,17 @@ import pytest
 import redis
 from dramatiq.middleware import TimeLimit
 
-from tests.node_proc import TRANSFERD, Node, Proc, create_token, start_node, wait_until
+from tests.node_proc import (
+    TRANSFERD,
+    LofarNode,
+    Node,
+    Proc,
+    adler32_hex,
+    create_token,
+    start_node,
+    wait_job,
+    wait_until,
+)
 from tests.redis_server import RedisServer
 from tests.servers import FaultProxy, NginxServer
 from transferd.client import Client
@@ -24,14 +33,6 @@ from workers.broker import BACKENDS, actor_name, queue_name, transfer_message
 from workers.runner import WorkerPool
 
 MiB = 1024 * 1024
-
-
-def adler32_hex(path: Path) -> str:
-    value = 1
-    with path.open("rb") as f:
-        while block := f.read(4 * MiB):
-            value = zlib.adler32(block, value)
-    return f"{value:08x}"
 
 
 def write_random(path: Path, size: int) -> Path:
@@ -46,32 +47,21 @@ def job_state(client: Client, job_id: str) -> str:
     return str(client.job(job_id)["state"])
 
 
-def wait_state(client: Client, job_id: str, states: set[str], timeout_s: float = 60
-               ) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        job = client.job(job_id)
-        return job if job["state"] in states else None
-
-    return wait_until(done, timeout_s, f"job {job_id} to reach {states}")  # type: ignore[return-value]
-
-
 def test_submit_http_source_finishes_with_verified_checksum(
-    node_factory: Callable[..., Node], nginx_server: NginxServer, redis_server: RedisServer,
-    dest: Path,
+    lofar_node: Callable[..., LofarNode], nginx_server: NginxServer, dest: Path,
 ) -> None:
     src = write_random(nginx_server.root / "data" / "big.bin", 20 * MiB + 7)
     small = write_random(nginx_server.root / "data" / "one.bin", 1)
     empty = nginx_server.root / "data" / "empty.bin"
     empty.write_bytes(b"")
-    node = node_factory(allow_roots=[dest])
-    client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
+    *_, client = lofar_node()
     files = [
         {"source": f"{nginx_server.url}/data/{p.name}", "destination": f"file://{dest}/{p.name}",
          "checksum": f"adler32:{adler32_hex(p)}"}
         for p in (src, small, empty)
     ]
     answer = client.submit(files, {"verify_checksum": "both"})
-    job = wait_state(client, answer["job_id"], {"FINISHED", "FAILED", "FINISHEDDIRTY"})
+    job = wait_job(client, answer["job_id"], {"FINISHED", "FAILED", "FINISHEDDIRTY"})
     assert job["state"] == "FINISHED"
     assert job["totals"]["bytes_done"] == job["totals"]["bytes_total"] == src.stat().st_size + 1
     listed = client.files(answer["job_id"])["files"]
@@ -83,22 +73,20 @@ def test_submit_http_source_finishes_with_verified_checksum(
 
 
 def test_ten_thousand_small_files_in_one_job(
-    node_factory: Callable[..., Node], nginx_server: NginxServer, redis_server: RedisServer,
-    dest: Path,
+    lofar_node: Callable[..., LofarNode], nginx_server: NginxServer, dest: Path,
 ) -> None:
     count = 10_000
     folder = nginx_server.root / "many"
     folder.mkdir()
     for i in range(count):
         (folder / f"f{i:05d}").write_bytes(f"file {i}\n".encode())
-    node = node_factory(allow_roots=[dest], workers=8)
-    client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
+    *_, client = lofar_node(workers=8)
     files = [
         {"source": f"{nginx_server.url}/many/f{i:05d}", "destination": f"file://{dest}/f{i:05d}"}
         for i in range(count)
     ]
     answer = client.submit(files, {})
-    job = wait_state(client, answer["job_id"], {"FINISHED", "FAILED", "FINISHEDDIRTY"}, 600)
+    job = wait_job(client, answer["job_id"], {"FINISHED", "FAILED", "FINISHEDDIRTY"}, 600)
     assert job["state"] == "FINISHED"
     assert job["totals"]["files_by_state"]["FINISHED"] == count
     assert len(os.listdir(dest)) == count
@@ -106,14 +94,13 @@ def test_ten_thousand_small_files_in_one_job(
 
 
 def test_cancel_mid_transfer_stops_and_leaves_nothing(
-    node_factory: Callable[..., Node], nginx_server: NginxServer, redis_server: RedisServer,
+    lofar_node: Callable[..., LofarNode], nginx_server: NginxServer,
     fault_proxy: Callable[[str], FaultProxy], dest: Path,
 ) -> None:
     write_random(nginx_server.root / "slow.bin", 40 * MiB)
     proxy = fault_proxy(nginx_server.url)
     proxy.set(throttle_bps=2 * MiB)
-    node = node_factory(allow_roots=[dest])
-    client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
+    *_, client = lofar_node()
     answer = client.submit(
         [{"source": f"{proxy.url}/slow.bin", "destination": f"file://{dest}/slow.bin"}], {}
     )
@@ -137,18 +124,16 @@ def test_cancel_mid_transfer_stops_and_leaves_nothing(
 
 
 def test_failed_files_retry_to_finished(
-    node_factory: Callable[..., Node], nginx_server: NginxServer, redis_server: RedisServer,
-    dest: Path,
+    lofar_node: Callable[..., LofarNode], nginx_server: NginxServer, dest: Path,
 ) -> None:
     write_random(nginx_server.root / "here.bin", MiB)
-    node = node_factory(allow_roots=[dest])
-    client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
+    *_, client = lofar_node()
     files = [
         {"source": f"{nginx_server.url}/{name}", "destination": f"file://{dest}/{name}"}
         for name in ("here.bin", "late.bin")
     ]
     job_id = client.submit(files, {"max_retries": 0})["job_id"]
-    job = wait_state(client, job_id, {"FINISHED", "FAILED", "FINISHEDDIRTY"})
+    job = wait_job(client, job_id, {"FINISHED", "FAILED", "FINISHEDDIRTY"})
     assert job["state"] == "FINISHEDDIRTY"
     failed = client.files(job_id, state="FAILED")["files"]
     assert [f["index"] for f in failed] == [1]
@@ -157,18 +142,16 @@ def test_failed_files_retry_to_finished(
     write_random(nginx_server.root / "late.bin", MiB)
     retried = client.retry(job_id)
     assert retried["retried"] == 1
-    job = wait_state(client, job_id, {"FINISHED", "FAILED", "FINISHEDDIRTY"})
+    job = wait_job(client, job_id, {"FINISHED", "FAILED", "FINISHEDDIRTY"})
     assert job["state"] == "FINISHED"
     assert (dest / "late.bin").read_bytes() == (nginx_server.root / "late.bin").read_bytes()
 
 
 def test_idempotent_resubmit_returns_the_same_job(
-    node_factory: Callable[..., Node], nginx_server: NginxServer, redis_server: RedisServer,
-    dest: Path,
+    lofar_node: Callable[..., LofarNode], nginx_server: NginxServer, dest: Path,
 ) -> None:
     write_random(nginx_server.root / "x.bin", 1000)
-    node = node_factory(allow_roots=[dest])
-    client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
+    *_, client = lofar_node()
     files = [{"source": f"{nginx_server.url}/x.bin", "destination": f"file://{dest}/x.bin"}]
     first = client.submit(files, {}, idempotency_key="pipeline-run-42")
     again = client.submit(files, {}, idempotency_key="pipeline-run-42")
@@ -198,7 +181,7 @@ def _start_worker(redis_url: str, *extra: str) -> Proc:
 
 
 def test_worker_killed_mid_file_is_reaped_and_resumed(
-    node_factory: Callable[..., Node], nginx_server: NginxServer, redis_server: RedisServer,
+    lofar_node: Callable[..., LofarNode], nginx_server: NginxServer, redis_server: RedisServer,
     fault_proxy: Callable[[str], FaultProxy], dest: Path,
 ) -> None:
     # TRANSFERD_RESUME_TEST_MIB=2048 runs the same measurement on a 2 GiB file
@@ -209,8 +192,7 @@ def test_worker_killed_mid_file_is_reaped_and_resumed(
     # per connection, and the file moves on 4 at once: about 4 s for the whole file, so
     # the kill lands while later chunks are still to come (a finished copy has no manifest)
     proxy.set(throttle_bps=max(4 * MiB, size // 64))
-    node = node_factory(allow_roots=[dest], workers=0)
-    client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
+    *_, client = lofar_node(workers=0)
     worker = _start_worker(redis_server.url, "--lease-s", "3", "--chunk-size", "8M")
     job_id = client.submit(
         [{"source": f"{proxy.url}/resume.bin", "destination": f"file://{dest}/resume.bin",
@@ -239,7 +221,7 @@ def test_worker_killed_mid_file_is_reaped_and_resumed(
     missing = size - done_chunks * 8 * MiB
     second = _start_worker(redis_server.url, "--lease-s", "3", "--chunk-size", "8M")
     try:
-        job = wait_state(client, job_id, {"FINISHED", "FAILED"}, 90 + slack_s)
+        job = wait_job(client, job_id, {"FINISHED", "FAILED"}, 90 + slack_s)
     finally:
         second.stop()
     assert job["state"] == "FINISHED"
@@ -254,14 +236,13 @@ def test_worker_killed_mid_file_is_reaped_and_resumed(
 
 
 def test_worker_killed_at_the_default_lease_is_reaped_within_a_minute(
-    node_factory: Callable[..., Node], nginx_server: NginxServer, redis_server: RedisServer,
+    lofar_node: Callable[..., LofarNode], nginx_server: NginxServer, redis_server: RedisServer,
     fault_proxy: Callable[[str], FaultProxy], dest: Path,
 ) -> None:
     src = write_random(nginx_server.root / "lease.bin", 32 * MiB)
     proxy = fault_proxy(nginx_server.url)
     proxy.set(throttle_bps=2 * MiB)
-    node = node_factory(allow_roots=[dest], workers=0)
-    client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
+    *_, client = lofar_node(workers=0)
     worker = _start_worker(redis_server.url)  # no --lease-s: the default lease
     job_id = client.submit(
         [{"source": f"{proxy.url}/lease.bin", "destination": f"file://{dest}/lease.bin",
@@ -286,7 +267,7 @@ def test_worker_killed_at_the_default_lease_is_reaped_within_a_minute(
     proxy.set(throttle_bps=0)
     second = _start_worker(redis_server.url)
     try:
-        job = wait_state(client, job_id, {"FINISHED", "FAILED"}, 60)
+        job = wait_job(client, job_id, {"FINISHED", "FAILED"}, 60)
     finally:
         second.stop()
     assert job["state"] == "FINISHED"
@@ -313,14 +294,13 @@ def test_no_dramatiq_time_limit_applies_to_transfers(redis_server: RedisServer) 
 
 
 def test_worker_sigterm_releases_its_file(
-    node_factory: Callable[..., Node], nginx_server: NginxServer, redis_server: RedisServer,
+    lofar_node: Callable[..., LofarNode], nginx_server: NginxServer, redis_server: RedisServer,
     fault_proxy: Callable[[str], FaultProxy], dest: Path,
 ) -> None:
     write_random(nginx_server.root / "slow.bin", 32 * MiB)
     proxy = fault_proxy(nginx_server.url)
     proxy.set(throttle_bps=2 * MiB)
-    node = node_factory(allow_roots=[dest], workers=0)
-    client = Client(node.url, create_token("lofar", "submitter", redis_url=redis_server.url))
+    *_, client = lofar_node(workers=0)
     worker = _start_worker(redis_server.url)
     job_id = client.submit(
         [{"source": f"{proxy.url}/slow.bin", "destination": f"file://{dest}/slow.bin"}], {}
@@ -357,7 +337,7 @@ def test_leader_killed_another_node_takes_over(
     job_id = client.submit(
         [{"source": f"{nginx_server.url}/y.bin", "destination": f"file://{dest}/y.bin"}], {}
     )["job_id"]
-    assert wait_state(client, job_id, {"FINISHED", "FAILED"}, 30)["state"] == "FINISHED"
+    assert wait_job(client, job_id, {"FINISHED", "FAILED"}, 30)["state"] == "FINISHED"
 
 
 def test_embedded_default_keeps_an_acknowledged_job_through_kill9(
@@ -382,7 +362,7 @@ def test_embedded_default_keeps_an_acknowledged_job_through_kill9(
     again = start_node(state, redis_url=None, workers=2, allow_roots=[dest])
     try:
         client = Client(again.url, token)
-        job = wait_state(client, job_id, {"FINISHED", "FAILED"}, 60)
+        job = wait_job(client, job_id, {"FINISHED", "FAILED"}, 60)
     finally:
         again.proc.stop()
     assert job["state"] == "FINISHED"

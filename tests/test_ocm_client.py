@@ -12,17 +12,14 @@ import logging
 import os
 import time
 import traceback
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.node_proc import Node, wait_until
-from tests.ocm_nodes import OcmPeer, start_ocm_node, write_directory
+from tests.node_proc import Node, wait_job
+from tests.ocm_nodes import OcmPeer, post_json, start_ocm_node, write_directory
 from tests.peers import LoopThread
 from transferd.errors import AuthError, RetryableError
 from transferd.ocm.directory import TrustedProviders
@@ -174,13 +171,12 @@ def test_share_needing_an_exchange_moves_with_the_json_fallback_token(
     write_directory(mesh, [peer.host, b.host])
     body = peer.share_body(f"pipe@{b.host}", "x.bin", "x.bin",  # relative to its webdav root
                            requirements=["must-exchange-token"])
-    status, answer = _post(f"{b.node.url}/ocm/shares", body)
+    status, answer = post_json(f"{b.node.url}/ocm/shares", body)
     assert status == 201, answer
     share = b.api("GET", "/shares")["shares"][0]
     assert share["state"] == "accepted"
-    wait_until(lambda: b.client.job(share["job_id"])["state"] in ("FINISHED", "FAILED"), 60,
-               "the transfer to end")
-    assert b.client.job(share["job_id"])["state"] == "FINISHED", b.client.files(share["job_id"])
+    job = wait_job(b.client, share["job_id"], {"FINISHED", "FAILED"})
+    assert job["state"] == "FINISHED", b.client.files(share["job_id"])
     assert (inbox / "x.bin").read_bytes() == data
 
     # every exchange (at receipt, and the worker's own) tried draft-05, then v1.1 JSON
@@ -195,16 +191,6 @@ def test_share_needing_an_exchange_moves_with_the_json_fallback_token(
                           b.client.files(share["job_id"]), b.api("GET", "/transfers")])
     for text in (b.log(), answers):
         assert SECRET not in text and ACCESS not in text
-
-
-def _post(url: str, body: Any) -> tuple[int, Any]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
 
 
 # -- trusted directory from a URL ----------------------------------------------------------

@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 
-from tests.node_proc import TRANSFERD, Node, Proc, wait_until
-from tests.ocm_nodes import OcmNode, adler32_hex, start_ocm_node, write_directory
+from tests.node_proc import TRANSFERD, Node, Proc, adler32_hex, wait_job, wait_until
+from tests.ocm_nodes import OcmNode, start_ocm_node, write_directory
 from tests.redis_server import free_port
 from tests.servers import FaultProxy
 
@@ -105,19 +105,32 @@ def throttled_sender(
     return a, proxy
 
 
+def boxes(tmp_path: Path) -> tuple[Path, Path]:
+    """Empty folders: the sender's outbox and bob's inbox."""
+    outbox, inbox = tmp_path / "outbox", tmp_path / "inbox"
+    outbox.mkdir()
+    inbox.mkdir()
+    return outbox, inbox
+
+
+def bob_receiver(node_factory: Callable[..., Node], tmp_path: Path, redis_url: str, mesh: Path,
+                 inbox: Path, *, sender: OcmNode, workers: int = 4) -> OcmNode:
+    """Node B, where bob takes every share from ``sender`` into ``inbox`` at once."""
+    b = start_ocm_node(node_factory, tmp_path, "b", 2, redis_url, directory=mesh,
+                       recipients={"bob": {"tenant": "lab", "root": str(inbox),
+                                           "auto_accept": True}}, workers=workers)
+    write_directory(mesh, [sender.host, b.host])
+    return b
+
+
 def test_unshare_mid_transfer_cancels_and_removes_partial(
     node_factory: Callable[..., Node], redis_url: str, tmp_path: Path, mesh: Path,
     fault_proxy: Callable[[str], FaultProxy],
 ) -> None:
-    outbox, inbox = tmp_path / "outbox", tmp_path / "inbox"
-    outbox.mkdir()
-    inbox.mkdir()
+    outbox, inbox = boxes(tmp_path)
     (outbox / "big.bin").write_bytes(os.urandom(40 * MiB))
     a, proxy = throttled_sender(node_factory, fault_proxy, tmp_path, redis_url, mesh, outbox)
-    b = start_ocm_node(node_factory, tmp_path, "b", 2, redis_url, directory=mesh,
-                       recipients={"bob": {"tenant": "lab", "root": str(inbox),
-                                           "auto_accept": True}})
-    write_directory(mesh, [a.host, b.host])
+    b = bob_receiver(node_factory, tmp_path, redis_url, mesh, inbox, sender=a)
     proxy.set(throttle_bps=2 * MiB)
     sent = a.cli("share", "--to", f"bob@{b.host}", str(outbox / "big.bin"))
     assert sent.returncode == 0, sent.stderr
@@ -136,17 +149,12 @@ def test_token_expiring_mid_transfer_is_exchanged_again(
     node_factory: Callable[..., Node], redis_url: str, tmp_path: Path, mesh: Path,
     fault_proxy: Callable[[str], FaultProxy],
 ) -> None:
-    outbox, inbox = tmp_path / "outbox", tmp_path / "inbox"
-    outbox.mkdir()
-    inbox.mkdir()
+    outbox, inbox = boxes(tmp_path)
     size = 24 * MiB
     (outbox / "slow.bin").write_bytes(os.urandom(size))
     a, proxy = throttled_sender(node_factory, fault_proxy, tmp_path, redis_url, mesh, outbox,
                                 criteria=["must-exchange-token"], token_ttl_s=5)
-    b = start_ocm_node(node_factory, tmp_path, "b", 2, redis_url, directory=mesh,
-                       recipients={"bob": {"tenant": "lab", "root": str(inbox),
-                                           "auto_accept": True}}, workers=0)
-    write_directory(mesh, [a.host, b.host])
+    b = bob_receiver(node_factory, tmp_path, redis_url, mesh, inbox, sender=a, workers=0)
     # one stream of 8 MiB chunks: a request every ~4 s at 2 MiB/s, for ~12 s in all
     worker = Proc.start([*TRANSFERD, "worker", "--redis-url", b.redis_url, "--threads", "2",
                          "--chunk-size", "8M", "--streams", "1"])
@@ -158,8 +166,7 @@ def test_token_expiring_mid_transfer_is_exchanged_again(
         proxy.set(throttle_bps=2 * MiB)
         before = proxy.bytes_to_client
         job_id = str(share["job_id"])
-        wait_until(lambda: b.client.job(job_id)["state"] in ("FINISHED", "FAILED"), 120,
-                   "the transfer to end")
+        wait_job(b.client, job_id, {"FINISHED", "FAILED"}, 120)
         fetched = proxy.bytes_to_client - before
         record = b.client.files(job_id)["files"][0]
         assert record["state"] == "FINISHED", record

@@ -18,36 +18,19 @@ import redis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.node_proc import Node, wait_until
-from tests.ocm_nodes import adler32_hex, start_ocm_node, write_directory
+from tests.node_proc import Node, adler32_hex, wait_until
+from tests.ocm_nodes import post_json, start_ocm_node, write_directory
 from tests.servers import NginxServer
 from transferd.ocm.signatures import sign_request
 
 MiB = 1024 * 1024
 
 
-def post(url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    raw = json.dumps(body).encode()
-    req = urllib.request.Request(url, data=raw, method="POST",
-                                 headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
-
-
 def signed_post(url: str, body: Any, key: Ed25519PrivateKey, keyid: str,
                 created: int | None = None) -> tuple[int, Any]:
-    raw = json.dumps(body).encode()
-    headers = {"Content-Type": "application/json"}
-    headers.update(sign_request("POST", url, headers, raw, key, keyid, created=created))
-    req = urllib.request.Request(url, data=raw, method="POST", headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
+    raw = json.dumps(body).encode()  # the bytes post_json sends, so the digest matches
+    return post_json(url, body, sign_request("POST", url, {"Content-Type": "application/json"},
+                                             raw, key, keyid, created=created))
 
 
 def make_tree(root: Path) -> dict[str, bytes]:
@@ -179,7 +162,7 @@ def test_legacy_datatx_shape_auto_accepted(
                        recipients={"pipe": {"tenant": "lab", "root": str(inbox),
                                             "auto_accept": True}})
     write_directory(mesh, [a.host, b.host])
-    status, _ = post(f"{b.node.url}/ocm/shares", {
+    status, _ = post_json(f"{b.node.url}/ocm/shares", {
         "shareWith": f"pipe@{b.host}", "name": "old", "providerId": "legacy-1",
         "owner": f"carol@{a.host}", "sender": f"carol@{a.host}", "shareType": "user",
         "resourceType": "folder",
@@ -218,13 +201,13 @@ def test_share_refusals(
         body.update(over)
         return body
 
-    status, answer = post(url, {"name": "x"})
+    status, answer = post_json(url, {"name": "x"})
     assert status == 400 and {e["name"] for e in answer["validationErrors"]} >= {
         "shareWith", "sender", "protocol"}
-    assert post(url, share(sender="eve@evil.example:1", owner="eve@evil.example:1"))[0] == 403
-    assert post(url, share(protocol={"name": "webdav", "options": {"sharedSecret": "s"}}))[0] \
+    assert post_json(url, share(sender="eve@evil.example:1", owner="eve@evil.example:1"))[0] == 403
+    assert post_json(url, share(protocol={"name": "webdav", "options": {"sharedSecret": "s"}}))[0] \
         == 501
-    status, answer = post(url, share())
+    status, answer = post_json(url, share())
     assert status == 401 and "must-use-http-sig" in answer["message"]  # unsigned
     a_key = serialization.load_pem_private_key(a.key_file.read_bytes(), None)
     assert isinstance(a_key, Ed25519PrivateKey)

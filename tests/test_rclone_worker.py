@@ -6,8 +6,6 @@ import json
 import os
 import secrets
 import threading
-import urllib.error
-import urllib.request
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -16,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.node_proc import Node, create_token, wait_until
-from tests.ocm_nodes import OcmPeer, start_ocm_node, write_directory
+from tests.node_proc import Node, create_token, wait_job, wait_until
+from tests.ocm_nodes import OcmPeer, post_json, start_ocm_node, write_directory
 from tests.peers import LoopThread
 from tests.redis_server import RedisServer
 from tests.servers import FaultProxy, NginxServer, RcloneWebdav, _make_wsgidav_app
@@ -26,20 +24,10 @@ from transferd.errors import AuthError, Canceled, DiskFull, NotFound, RetryableE
 from workers.rclone import RcError, RcloneDaemon, classify_error, split_endpoint
 
 MiB = 1024 * 1024
-TERMINAL = {"FINISHED", "FINISHEDDIRTY", "FAILED", "CANCELED"}
 
 
 def adler32_hex(data: bytes) -> str:
     return f"{zlib.adler32(data):08x}"
-
-
-def wait_job(client: Client, job_id: str, states: set[str] = TERMINAL, timeout_s: float = 60
-             ) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        job = client.job(job_id)
-        return job if job["state"] in states else None
-
-    return wait_until(reached, timeout_s, f"job {job_id} in {states}")  # type: ignore[return-value]
 
 
 def only_file(client: Client, job_id: str) -> dict[str, Any]:
@@ -318,7 +306,7 @@ def test_share_job_on_rclone_uses_the_bearer_and_fails_auth_when_it_is_refused(
         source = f"{bearer_webdav.url}/set/"
 
         # the right token: every file copied by rclone, checksummed by us
-        status, answer = _post(share_url, peer.share_body(
+        status, answer = post_json(share_url, peer.share_body(
             f"pipe@{b.host}", "set", source, resource_type="folder", provider_id="p-ok"))
         assert status == 201, answer
         ok = next(s for s in b.api("GET", "/shares")["shares"] if s["name"] == "set"
@@ -335,7 +323,7 @@ def test_share_job_on_rclone_uses_the_bearer_and_fails_auth_when_it_is_refused(
         assert {r.method for r in by_rclone} >= {"GET"} and all(r.allowed for r in by_rclone)
 
         # a share listed with the token, which the sender then rotates before we accept
-        status, answer = _post(share_url, peer.share_body(
+        status, answer = post_json(share_url, peer.share_body(
             f"hold@{b.host}", "set", source, resource_type="folder", provider_id="p-rot"))
         assert status == 201, answer
         held = next(s for s in b.api("GET", "/shares", query={"state": "pending"})["shares"])
@@ -359,13 +347,3 @@ def test_share_job_on_rclone_uses_the_bearer_and_fails_auth_when_it_is_refused(
         assert TOKEN not in b.log() and TOKEN not in answers
     finally:
         peer.stop()
-
-
-def _post(url: str, body: Any) -> tuple[int, Any]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")

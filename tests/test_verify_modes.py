@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import zlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -22,18 +21,11 @@ from policies.chunking import ChunkPolicy, MiB
 from tests.servers import WsgidavServer
 from transferd import errors
 from workers.stream.engine import copy_file
-from workers.stream.http import HttpSource, new_session
+from workers.stream.http import HttpSource
 from workers.stream.local import FileSink, url_of
 
 SMALL_CHUNKS = ChunkPolicy(chunk_size_bytes=MiB, min_chunk_bytes=MiB, max_streams=4)
 WRONG = {"adler32": "0badc0de", "md5": hashlib.md5(b"something else").hexdigest()}
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    s = new_session()
-    yield s
-    await s.close()
 
 
 def real_values(data: bytes) -> dict[str, str]:
@@ -59,72 +51,45 @@ async def copy(server: WsgidavServer, session: aiohttp.ClientSession, name: str,
 
 
 @pytest.mark.parametrize("alg", ["adler32", "md5"])
-async def test_target_ignores_a_wrong_source_declaration(
-        alg: str, wsgidav_server: WsgidavServer, session: aiohttp.ClientSession,
-        tmp_path: Path) -> None:
-    data = serve(wsgidav_server, "t.bin", declared_right=False)
+@pytest.mark.parametrize(("verify", "declared_right", "requested_right"), [
+    pytest.param("target", False, True, id="target-ignores-a-wrong-source-declaration"),
+    pytest.param("none", False, False, id="none-reports-and-commits-although-both-are-wrong"),
+    pytest.param("source", True, False, id="source-ignores-a-wrong-requested-value"),
+])
+async def test_mode_commits_and_reports_the_computed_checksum(
+        verify: str, declared_right: bool, requested_right: bool, alg: str,
+        wsgidav_server: WsgidavServer, session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    data = serve(wsgidav_server, "f.bin", declared_right=declared_right)
     real = real_values(data)[alg]
-    dst = tmp_path / "t.bin"
-    checksum = await copy(wsgidav_server, session, "t.bin", dst,
-                          expected=f"{alg}:{real}", verify="target")
-    assert checksum == f"{alg}:{real}"
+    requested = real if requested_right else WRONG[alg]
+    dst = tmp_path / "f.bin"
+    checksum = await copy(wsgidav_server, session, "f.bin", dst,
+                          expected=f"{alg}:{requested}", verify=verify)
+    assert checksum == f"{alg}:{real}"  # computed, never merely the requested value
     assert dst.read_bytes() == data
 
 
+# The side a mode trusts is the only wrong one, so a failure can only come from it.
 @pytest.mark.parametrize("alg", ["adler32", "md5"])
-async def test_target_fails_on_a_wrong_requested_value_only(
-        alg: str, wsgidav_server: WsgidavServer, session: aiohttp.ClientSession,
-        tmp_path: Path) -> None:
-    # The declaration is right here, so a failure can only come from the request.
-    data = serve(wsgidav_server, "t.bin", declared_right=True)
-    dst = tmp_path / "t.bin"
+@pytest.mark.parametrize(("verify", "declared_right", "requested_right", "which"), [
+    pytest.param("target", True, False, "requested value",
+                 id="target-fails-on-a-wrong-requested-value-only"),
+    pytest.param("source", False, True, "source declares",
+                 id="source-fails-on-a-wrong-declaration-despite-a-right-request"),
+])
+async def test_mode_fails_on_the_value_it_trusts_and_leaves_nothing(
+        verify: str, declared_right: bool, requested_right: bool, which: str, alg: str,
+        wsgidav_server: WsgidavServer, session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    data = serve(wsgidav_server, "f.bin", declared_right=declared_right)
+    real = real_values(data)[alg]
+    requested = real if requested_right else WRONG[alg]
+    dst = tmp_path / "f.bin"
     with pytest.raises(errors.ChecksumMismatch) as caught:
-        await copy(wsgidav_server, session, "t.bin", dst,
-                   expected=f"{alg}:{WRONG[alg]}", verify="target")
+        await copy(wsgidav_server, session, "f.bin", dst, expected=f"{alg}:{requested}",
+                   verify=verify)
     assert caught.value.error_class == "checksum"
     assert caught.value.reason == (
-        f"{alg} checksum mismatch (requested value): "
-        f"expected {WRONG[alg]}, got {real_values(data)[alg]}"
+        f"{alg} checksum mismatch ({which}): expected {WRONG[alg]}, got {real}"
     )
     assert not dst.exists()
     assert list(tmp_path.iterdir()) == []  # the partial is gone too
-
-
-@pytest.mark.parametrize("alg", ["adler32", "md5"])
-async def test_none_reports_and_commits_although_both_are_wrong(
-        alg: str, wsgidav_server: WsgidavServer, session: aiohttp.ClientSession,
-        tmp_path: Path) -> None:
-    data = serve(wsgidav_server, "n.bin", declared_right=False)
-    dst = tmp_path / "n.bin"
-    checksum = await copy(wsgidav_server, session, "n.bin", dst,
-                          expected=f"{alg}:{WRONG[alg]}", verify="none")
-    assert checksum == f"{alg}:{real_values(data)[alg]}"  # computed, not the requested value
-    assert dst.read_bytes() == data
-
-
-@pytest.mark.parametrize("alg", ["adler32", "md5"])
-async def test_source_ignores_a_wrong_requested_value(
-        alg: str, wsgidav_server: WsgidavServer, session: aiohttp.ClientSession,
-        tmp_path: Path) -> None:
-    data = serve(wsgidav_server, "s.bin", declared_right=True)
-    dst = tmp_path / "s.bin"
-    checksum = await copy(wsgidav_server, session, "s.bin", dst,
-                          expected=f"{alg}:{WRONG[alg]}", verify="source")
-    assert checksum == f"{alg}:{real_values(data)[alg]}"
-    assert dst.read_bytes() == data
-
-
-@pytest.mark.parametrize("alg", ["adler32", "md5"])
-async def test_source_fails_on_a_wrong_declaration_despite_a_right_request(
-        alg: str, wsgidav_server: WsgidavServer, session: aiohttp.ClientSession,
-        tmp_path: Path) -> None:
-    data = serve(wsgidav_server, "s.bin", declared_right=False)
-    real = real_values(data)[alg]
-    dst = tmp_path / "s.bin"
-    with pytest.raises(errors.ChecksumMismatch) as caught:
-        await copy(wsgidav_server, session, "s.bin", dst, expected=f"{alg}:{real}",
-                   verify="source")
-    assert caught.value.reason == (
-        f"{alg} checksum mismatch (source declares): expected {WRONG[alg]}, got {real}"
-    )
-    assert not dst.exists()
