@@ -15,13 +15,10 @@ import csv
 import io
 import json
 import os
-import pty
 import re
 import secrets
 import subprocess
 import sys
-import termios
-import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Coroutine, Iterator
@@ -35,6 +32,7 @@ import redis.asyncio
 
 from tests.node_proc import Node, create_token, start_node, wait_until
 from tests.redis_server import start_redis
+from tests.terminal import PtyCommand
 from transferd.cli import ManifestError, parse_manifest
 from transferd.client import Client
 from transferd.embedded import EmbeddedRedis
@@ -522,41 +520,17 @@ def test_cancel_then_retry(tenant: Tenant) -> None:
 _CONTROL = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")  # CSI and 2-byte escapes
 
 
-class Terminal:
+class Terminal(PtyCommand):
     """A command run on a pseudo-terminal, as a person runs it: ``watch`` redraws its
     progress bars there at every poll (into a pipe it only prints the last frame)."""
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        master, slave = pty.openpty()
-        termios.tcsetwinsize(slave, (50, 160))
-        self._master = master
-        self._out = bytearray()
-        self._lock = threading.Lock()
-        try:
-            self.popen = subprocess.Popen(args, env={**env, "TERM": "xterm-256color"},
-                                          stdin=subprocess.DEVNULL, stdout=slave,
-                                          stderr=subprocess.PIPE, text=True)
-        finally:
-            os.close(slave)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                data = os.read(self._master, 65536)
-            except OSError:  # EIO: the command exited and closed the terminal
-                data = b""
-            if not data:
-                os.close(self._master)
-                return
-            with self._lock:
-                self._out += data
+        super().__init__(args, env, cols=160, stdin=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
 
     def lines(self) -> list[str]:
         """Every line drawn so far, control sequences removed."""
-        with self._lock:
-            text = self._out.decode("utf-8", "replace")
+        text = self.raw
         return [ln for ln in re.split(r"[\r\n]+", _CONTROL.sub("", text)) if ln.strip()]
 
     def wait_for_line(self, *parts: str) -> str:
@@ -571,14 +545,9 @@ class Terminal:
 
     def finish(self) -> tuple[int, str, str]:
         """Wait for the command to exit: (exit code, screen text, stderr)."""
-        _, err = self.popen.communicate(timeout=CLI_TIMEOUT_S)
-        self._reader.join(CLI_TIMEOUT_S)
-        return self.popen.returncode, "\n".join(self.lines()), err
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.communicate()
+        _, err = self.proc.communicate(timeout=CLI_TIMEOUT_S)
+        self.drained(CLI_TIMEOUT_S)
+        return self.proc.returncode, "\n".join(self.lines()), err
 
 
 def test_watch_follows_active_files_and_exits_0_when_finished(tenant: Tenant) -> None:
@@ -597,7 +566,7 @@ def test_watch_follows_active_files_and_exits_0_when_finished(tenant: Tenant) ->
             worker.finish(job_id, i, size=4096)
         code, screen, err = watcher.finish()
     finally:
-        watcher.kill()
+        watcher.close()
     assert code == 0, err
     assert f"job {job_id}  FINISHED" in screen
     assert "3 finished" in screen

@@ -3,14 +3,10 @@ the API; and live in a pseudo-terminal, where later frames show what changed."""
 
 from __future__ import annotations
 
-import fcntl
 import os
-import pty
 import re
 import signal
-import struct
 import subprocess
-import termios
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +14,7 @@ from pathlib import Path
 from tests.node_proc import TRANSFERD, Node, create_token, wait_until
 from tests.redis_server import RedisServer
 from tests.servers import FaultProxy, NginxServer
+from tests.terminal import PtyCommand
 from transferd.client import Client
 
 
@@ -71,50 +68,15 @@ _ESCAPES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|\x1b[()][0-
 HOME = "\x1b[H"  # rich's Live (screen mode) redraws every frame from the top-left corner
 
 
-class Terminal:
-    """A pseudo-terminal of 140x50 a child draws on; keeps everything it wrote."""
+class Terminal(PtyCommand):
+    """``transferd top`` on a pseudo-terminal of 140x50."""
 
     def __init__(self, args: list[str]) -> None:
-        master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 140, 0, 0))
-        env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "140", "LINES": "50"}
-        self.proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env,
-                                     start_new_session=True)
-        os.close(slave)
-        self._master = master
-        self._chunks: list[bytes] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                data = os.read(self._master, 65536)
-            except OSError:  # EIO: the child closed its side
-                return
-            if not data:
-                return
-            self._chunks.append(data)
-
-    @property
-    def raw(self) -> str:
-        return b"".join(self._chunks).decode(errors="replace")
+        super().__init__(args, os.environ, start_new_session=True)
 
     def frames(self) -> list[str]:
         """Every frame drawn so far, as plain text."""
         return [_ESCAPES.sub("", f) for f in self.raw.split(HOME)[1:]]
-
-    def drained(self, timeout_s: float = 10) -> str:
-        """Everything the child wrote, once it has exited and its side is closed."""
-        self._reader.join(timeout_s)
-        return self.raw
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._reader.join(10)
-        os.close(self._master)
 
 
 def tiles(frame: str) -> dict[str, int]:
