@@ -89,8 +89,9 @@ def test_pipeline_survives_dropped_connections(tmp_path: Path) -> None:
     assert "all checksums verified: yes" in done.stdout
     assert report["all_checksums_verified"] is True
     fzj = next(r for r in report["rows"] if r["site"] == "FZJ → processing")
-    assert fzj["retries"] >= 1 and "resets injected" in fzj["note"]
-    assert int(fzj["note"].split()[0]) >= 1  # the proxy really reset connections
+    # the proxy really reset connections; each cut chunk was fetched again, in place or
+    # (after chunk_tries resets of the same chunk) on a later attempt
+    assert "resets injected" in fzj["note"] and int(fzj["note"].split()[0]) >= 1
     assert fzj["verified"] == fzj["files"] == 2
     # resume by chunk: a reset costs at most the chunk it cut, never the whole subband
     chunk_bytes = report["chunk_bytes"]

@@ -3,8 +3,9 @@
 Stage 1 submits ONE bulk job for every subband at both archives, with the
 adler32 values the archives record, and follows it with ``transferd watch``;
 the processing node runs with a policy file of its own (``--policy``: chunks of
-a quarter subband, one stream per file), so a copy cut off by a reset resumes
-from the chunks it lacks instead of starting the subband again.
+a quarter subband, one stream per file), so a copy cut off by a reset fetches
+that chunk again (or, on a later attempt, the chunks it lacks) instead of
+starting the subband again.
 Stage 2 averages each subband's visibilities over 64 channels (numpy).
 Stage 3 shares the products folder with ``imaging@<Kraków>`` over OCM
 (``transferd share``); Kraków accepts (``transferd shares accept``) and its own
@@ -121,9 +122,9 @@ def _policy_toml(chunk_bytes: int) -> str:
         f"chunk_size_bytes = {chunk_bytes}",
         f"min_chunk_bytes = {chunk_bytes}",
         f"max_chunk_bytes = {chunk_bytes}  # or a fast link's tuning makes chunks larger",
-        "# One stream per file: the workers already copy several subbands at once, and a",
-        "# reset fails the whole attempt, so parallel chunks of the same file in flight",
-        "# would be lost with it.  One stream loses only the chunk it was reading.",
+        "# One stream per file: the workers already copy several subbands at once.  A",
+        "# reset costs the chunk it cut: that chunk is fetched again in place (up to",
+        "# chunk_tries times), and only a chunk that keeps failing ends the attempt.",
         "max_streams = 1",
         "",
     ])
