@@ -189,7 +189,8 @@ def test_link_and_worker_metrics_agree_with_the_api(
     def steady() -> tuple[dict[str, Any], Samples] | None:
         # a scrape between two equal API answers saw the same link state as the API
         before = link_view()
-        if before.get("inflight") != 3 or before.get("queued") != 7:
+        # dispatched is not yet claimed: wait until a worker holds at least one lease
+        if before.get("inflight") != 3 or before.get("queued") != 7 or not before.get("active"):
             return None
         samples = scrape(node)
         return (before, samples) if link_view() == before else None
