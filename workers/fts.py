@@ -253,25 +253,15 @@ def _client_error(exc: Exception, what: str) -> TransferError:
     return RetryableError(f"FTS {what}: {type(exc).__name__}: {exc}"[:500])
 
 
-_LINKS: dict[int, FtsLink] = {}
-_LOCKS: dict[int, asyncio.Lock] = {}
-
-
 async def link_for(rt: WorkerRuntime) -> FtsLink:
-    key = id(rt)
-    async with _LOCKS.setdefault(key, asyncio.Lock()):
-        link = _LINKS.get(key)
-        if link is None:
-            link = FtsLink(FtsSettings.from_env())
-            await link.open()
-            _LINKS[key] = link
+    """The worker process's FTS client, opened on first use and closed with the runtime."""
 
-            async def _close() -> None:
-                _LINKS.pop(key, None)
-                await link.close()
-
-            rt.closers.append(_close)
+    async def open_link() -> FtsLink:
+        link = FtsLink(FtsSettings.from_env())
+        await link.open()
         return link
+
+    return await rt.shared("fts", open_link, FtsLink.close)
 
 
 # -- the mover -----------------------------------------------------------------------------

@@ -210,27 +210,15 @@ class RcloneDaemon:
                 yield block
 
 
-_LOCKS: dict[int, asyncio.Lock] = {}
-_DAEMONS: dict[int, RcloneDaemon] = {}
-
-
 async def daemon_for(rt: WorkerRuntime) -> RcloneDaemon:
     """The worker process's rcd, started on first use and stopped with the runtime."""
-    key = id(rt)
-    lock = _LOCKS.setdefault(key, asyncio.Lock())
-    async with lock:
-        daemon = _DAEMONS.get(key)
-        if daemon is None:
-            daemon = RcloneDaemon()
-            await daemon.start()
-            _DAEMONS[key] = daemon
 
-            async def _close() -> None:
-                _DAEMONS.pop(key, None)
-                await daemon.close()
-
-            rt.closers.append(_close)
+    async def start() -> RcloneDaemon:
+        daemon = RcloneDaemon()
+        await daemon.start()
         return daemon
+
+    return await rt.shared("rclone", start, RcloneDaemon.close)
 
 
 # -- pure translations ----------------------------------------------------------------------

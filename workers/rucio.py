@@ -273,19 +273,15 @@ class RucioLink:
             raise _error(exc, what) from exc
 
 
-_LINKS: dict[int, RucioLink] = {}
-_LOCKS: dict[int, asyncio.Lock] = {}
-
-
 async def link_for(rt: WorkerRuntime) -> RucioLink:
-    key = id(rt)
-    async with _LOCKS.setdefault(key, asyncio.Lock()):
-        link = _LINKS.get(key)
-        if link is None:
-            link = RucioLink(RucioSettings.from_env())
-            await link.open()
-            _LINKS[key] = link
+    """The worker process's rucio-clients ``Client``, opened (authenticated) on first use."""
+
+    async def open_link() -> RucioLink:
+        link = RucioLink(RucioSettings.from_env())
+        await link.open()
         return link
+
+    return await rt.shared("rucio", open_link)
 
 
 # -- the mover -----------------------------------------------------------------------------

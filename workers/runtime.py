@@ -92,6 +92,25 @@ class WorkerRuntime:
         self._params: OrderedDict[str, JobParams] = OrderedDict()
         # run on the loop at close, newest first: backends' helpers (an rclone rcd child)
         self.closers: list[Callable[[], Awaitable[None]]] = []
+        self._shared: dict[str, Any] = {}
+        self._shared_locks: dict[str, asyncio.Lock] = {}
+
+    async def shared(self, name: str, open_: Callable[[], Awaitable[T]],
+                     close: Callable[[T], Awaitable[None]] | None = None) -> T:
+        """The process's one ``name`` (a backend's client or helper process): opened by
+        the first file that needs it while the others wait, closed with the runtime."""
+        async with self._shared_locks.setdefault(name, asyncio.Lock()):
+            if name not in self._shared:
+                value = await open_()
+                self._shared[name] = value
+                if close is not None:
+                    async def _close() -> None:
+                        self._shared.pop(name, None)
+                        await close(value)
+
+                    self.closers.append(_close)
+            found: T = self._shared[name]
+            return found
 
     async def job_params(self, job_id: str) -> JobParams | None:
         """A job's params (immutable after submission), cached: a job of 10,000
