@@ -19,6 +19,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from transferd.cli_jobs import human_bytes
 from transferd.client import Client, Unreachable
 
 __all__ = ["render", "run_top"]
@@ -27,18 +28,8 @@ UNREACHABLE_GRACE_S = 15.0
 _BLOCKS = " ▁▂▃▄▅▆▇█"
 
 
-def _bytes(n: float | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
 def _rate(bps: float | None) -> str:
-    return f"{_bytes(bps)}/s" if bps else "-"
+    return f"{human_bytes(bps)}/s" if bps else "-"
 
 
 def _eta(seconds: float | None) -> str:
@@ -89,7 +80,7 @@ def render(summary: dict[str, Any]) -> RenderableType:
         jobs.add_row(
             job["job_id"][:8], job["state"],
             ProgressBar(total=total or None, completed=job["bytes_done"]),
-            f"{_bytes(job['bytes_done'])}/{_bytes(total)}", _rate(job["rate_bps"]),
+            f"{human_bytes(job['bytes_done'])}/{human_bytes(total)}", _rate(job["rate_bps"]),
             _eta(job["eta_s"]),
         )
     parts.append(Panel(jobs if summary["live_jobs"] else Text("nothing is moving", style="dim"),
