@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -176,3 +177,22 @@ def lofar_node(node_factory: Callable[..., Node], redis_url: str, dest: Path
 
 def client_for(node: Node, token: str) -> Client:
     return Client(node.url, token)
+
+
+@pytest.fixture
+def worker_procs(redis_url: str) -> Iterator[Callable[..., tuple[Proc, str]]]:
+    """Starts `transferd worker` processes on the test's Redis: (process, its worker id)."""
+    started: list[Proc] = []
+
+    def start(threads: int = 2) -> tuple[Proc, str]:
+        proc = Proc.start([*TRANSFERD, "worker", "--redis-url", redis_url,
+                           "--threads", str(threads)])
+        started.append(proc)
+        line = proc.wait_for_line(" ready", 60)
+        found = re.search(r"transferd worker (\S+) ready", line)
+        assert found, line
+        return proc, found.group(1)
+
+    yield start
+    for proc in started:
+        proc.stop()

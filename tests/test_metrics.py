@@ -6,10 +6,9 @@ Every figure is checked against what the REST API says about the same jobs.
 from __future__ import annotations
 
 import os
-import re
 import urllib.request
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.node_proc import (
     TERMINAL,
-    TRANSFERD,
     LofarNode,
     Node,
     Proc,
@@ -146,24 +144,6 @@ def test_metrics_agree_with_the_api(
 def labelled(samples: Samples, name: str, label: str) -> dict[str, float]:
     """``{label value: sample value}`` of every sample of ``name``."""
     return {dict(labels)[label]: v for (n, labels), v in samples.items() if n == name}
-
-
-@pytest.fixture
-def worker_procs(redis_url: str) -> Iterator[Callable[[], tuple[Proc, str]]]:
-    """Starts `transferd worker` processes on the test's Redis: (process, its worker id)."""
-    started: list[Proc] = []
-
-    def start() -> tuple[Proc, str]:
-        proc = Proc.start([*TRANSFERD, "worker", "--redis-url", redis_url, "--threads", "2"])
-        started.append(proc)
-        line = proc.wait_for_line(" ready", 60)
-        found = re.search(r"transferd worker (\S+) ready", line)
-        assert found, line
-        return proc, found.group(1)
-
-    yield start
-    for proc in started:
-        proc.stop()
 
 
 def test_link_and_worker_metrics_agree_with_the_api(

@@ -312,6 +312,31 @@ def test_worker_sigterm_releases_its_file(
     assert record["attempts"] == 0  # a release is not a failed attempt
 
 
+def test_a_file_never_waits_behind_a_busy_worker_while_another_is_idle(
+    lofar_node: Callable[..., LofarNode], nginx_server: NginxServer,
+    fault_proxy: Callable[[str], FaultProxy], worker_procs: Callable[..., tuple[Proc, str]],
+    dest: Path,
+) -> None:
+    # two worker processes of one thread each, two files on a link that holds still: each
+    # worker takes one (a worker holds no message its busy thread cannot start)
+    proxy = fault_proxy(nginx_server.url)
+    proxy.set(stalled=True)
+    for name in ("a.bin", "b.bin"):
+        (nginx_server.root / name).write_bytes(os.urandom(100_000))
+    *_, client = lofar_node(workers=0)
+    worker_procs(threads=1)
+    worker_procs(threads=1)
+    job_id = client.submit(
+        [{"source": f"{proxy.url}/{name}", "destination": f"file://{dest}/{name}"}
+         for name in ("a.bin", "b.bin")], {},
+    )["job_id"]
+    # the scheduler would hand a file held in a busy worker to another only after 120 s
+    wait_until(lambda: client.job(job_id)["totals"]["files_by_state"]["ACTIVE"] == 2, 20,
+               "both files taken at once, one by each worker")
+    proxy.set(stalled=False)
+    assert wait_job(client, job_id)["state"] == "FINISHED"
+
+
 def test_leader_killed_another_node_takes_over(
     node_factory: Callable[..., Node], nginx_server: NginxServer, redis_server: RedisServer,
     dest: Path,

@@ -44,6 +44,11 @@ class WorkerPool:
         # empty; the scheduler dispatches just in time, so a long backoff would
         # leave threads idle between small files.
         self.worker = Worker(self.broker, worker_threads=threads, worker_timeout=50)
+        # dramatiq prefetches 2 × threads messages per queue: a process with every thread
+        # busy would hold dispatched files another idle process could start now.  One
+        # message per thread (1,500 × 256 KiB on 8 threads: 10.95–11.17 s, against
+        # 11.31–11.44 s with the default).
+        self.worker.queue_prefetch = threads
 
     def start(self) -> None:
         self.runtime.start()
