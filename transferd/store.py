@@ -53,9 +53,6 @@ BATCH_FILES = 5_000  # files per bulk script (cancel, retry, accept, expire) or 
 SCAN_BATCH = 1_000  # ids per promote / reap script
 LOAD_BATCH_FILES = 1_000  # files per loader script in submit (a few ms of Redis time each)
 T = TypeVar("T")
-_SET_MEMBERS = (
-    "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'members', ARGV[1]) end"
-)
 
 
 def _edge(event: FileEvent) -> tuple[str, str]:
@@ -97,6 +94,7 @@ class JobStore:
         self._fail = load(store_lua.FAIL)
         self._release = load(store_lua.RELEASE)
         self._set_size = load(store_lua.SET_SIZE)
+        self._set_members = load(store_lua.SET_MEMBERS)
         self._dispatch = load(store_lua.DISPATCH)
         self._dispatch_fair = load(store_lua.DISPATCH_FAIR)
         self._promote = load(store_lua.PROMOTE_DELAYED)
@@ -222,12 +220,12 @@ class JobStore:
                 # Either a concurrent submit with the same key or id committed first (replay
                 # it), or our own EXEC committed and its reply was lost: redis-py reports a
                 # connection error or timeout while watching as WatchError.  The nonce tells.
-                winner = await self._job_for_key(idem_key) if idem_key else None
-                winner = winner or await self.get_job(job_id)
-                if winner is None:
-                    raise
-                won = await self.redis.hget(self._k("job", winner.job_id), "nonce")
-                return winner, won is not None and as_text(won) == nonce
+                taken = await self.redis.get(idem_key) if idem_key else None
+                for winner_id in ([as_text(taken)] if taken is not None else []) + [job_id]:
+                    row = decode_hash(await self.redis.hgetall(self._k("job", winner_id)))
+                    if row:
+                        return job_from_hash(row), row.get("nonce") == nonce
+                raise
         job = await self.get_job(job_id)
         assert job is not None
         return job, True
@@ -572,7 +570,7 @@ class JobStore:
 
     async def set_members(self, file_id: str, members: Sequence[Mapping[str, Any]]) -> None:
         """Record the member files of a dataset source and their states (while it exists)."""
-        await self.redis.eval(_SET_MEMBERS, 1, self._k("file", file_id), json.dumps(members))
+        await self._run(self._set_members, None, file_id, json.dumps(members))
 
     async def active_files(self, job_id: str) -> list[FileRecord]:
         """The job's ACTIVE files (for cancel fan-out to backends like FTS or Rucio)."""

@@ -354,6 +354,14 @@ recompute(ns, f.job_id, now)
 return 1
 """
 
+# ARGV: ns, now, file_id, members (JSON); a file that is gone is left gone
+SET_MEMBERS = r"""
+local fk = ARGV[1] .. ':file:' .. ARGV[3]
+if redis.call('EXISTS', fk) == 0 then return 0 end
+redis.call('HSET', fk, 'members', ARGV[4])
+return 1
+"""
+
 # ARGV: ns, now, file_id, size
 SET_SIZE = r"""
 local ns, now, fid = ARGV[1], ARGV[2], ARGV[3]
