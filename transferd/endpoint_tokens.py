@@ -30,7 +30,15 @@ from redis.asyncio import Redis
 from transferd.errors import AuthError
 from transferd.models import FileSpec
 
-__all__ = ["bearer_of", "creds_key", "endpoint_headers", "refs_key", "token_rows"]
+__all__ = [
+    "bearer_headers",
+    "bearer_of",
+    "creds_key",
+    "endpoint_headers",
+    "endpoint_tokens",
+    "refs_key",
+    "token_rows",
+]
 
 HeaderProvider = Callable[[], Awaitable[Mapping[str, str]]]
 
@@ -61,17 +69,18 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _bearer(token: str) -> HeaderProvider:
+def bearer_headers(token: str) -> HeaderProvider:
+    """A HeaderProvider sending ``token`` as ``Authorization: Bearer``."""
     async def provider() -> Mapping[str, str]:
         return {"Authorization": f"Bearer {token}"}
 
     return provider
 
 
-async def endpoint_headers(
+async def endpoint_tokens(
     redis: Redis, job_id: str, index: int, *, namespace: str = "td"
-) -> tuple[HeaderProvider | None, HeaderProvider | None]:
-    """The (source, destination) HeaderProviders of one file; None where it has no token.
+) -> tuple[str | None, str | None]:
+    """The (source, destination) tokens of one file; None where it has no token.
 
     Raises AuthError when the file was given a token that is gone (its job ended)."""
     ref = await redis.hget(refs_key(namespace, job_id), str(index))
@@ -86,10 +95,16 @@ async def endpoint_headers(
             "with a fresh token"
         )
     tokens = {k: _text(v) for k, v in zip(wanted, values, strict=True)}
-    return (
-        _bearer(tokens[source_k]) if source_k else None,
-        _bearer(tokens[destination_k]) if destination_k else None,
-    )
+    return tokens.get(source_k), tokens.get(destination_k)
+
+
+async def endpoint_headers(
+    redis: Redis, job_id: str, index: int, *, namespace: str = "td"
+) -> tuple[HeaderProvider | None, HeaderProvider | None]:
+    """``endpoint_tokens`` as HeaderProviders (``Authorization: Bearer``), for the mover."""
+    source, destination = await endpoint_tokens(redis, job_id, index, namespace=namespace)
+    return (bearer_headers(source) if source else None,
+            bearer_headers(destination) if destination else None)
 
 
 async def bearer_of(provider: HeaderProvider | None) -> str | None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transferd.endpoint_tokens import bearer_of, endpoint_headers
+from transferd.endpoint_tokens import endpoint_tokens
 from transferd.errors import (
     AuthError,
     Canceled,
@@ -303,10 +303,9 @@ async def move_fts_file(rt: WorkerRuntime, run: FileRun) -> Copied:
         existing = await link.lookup(job_id)
         if existing is None:
             assert rt.redis is not None
-            source, destination = await endpoint_headers(rt.redis, run.record.job_id,
-                                                         run.record.index)
-            job = fts_job(run, sid, source_token=await bearer_of(source),
-                          destination_token=await bearer_of(destination))
+            source, destination = await endpoint_tokens(rt.redis, run.record.job_id,
+                                                        run.record.index)
+            job = fts_job(run, sid, source_token=source, destination_token=destination)
             await link.submit(job, job_id)
         else:
             log.info("%s: adopting FTS job %s", run.record.file_id, job_id)

@@ -46,7 +46,12 @@ from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
 
-from transferd.endpoint_tokens import HeaderProvider, bearer_of, endpoint_headers
+from transferd.endpoint_tokens import (
+    HeaderProvider,
+    bearer_headers,
+    bearer_of,
+    endpoint_tokens,
+)
 from transferd.errors import (
     AuthError,
     Canceled,
@@ -297,22 +302,24 @@ def _display(fs: Fs, remote: str) -> str:
 # -- the mover -----------------------------------------------------------------------------
 
 
-async def _endpoint_auth(rt: WorkerRuntime, record: FileRecord
-                         ) -> tuple[HeaderProvider | None, HeaderProvider | None]:
-    """The (source, destination) credentials: the file's own ``source_token`` and
+async def _endpoint_tokens(rt: WorkerRuntime, record: FileRecord
+                           ) -> tuple[str | None, str | None]:
+    """The (source, destination) bearer tokens: the file's own ``source_token`` and
     ``destination_token`` first; a job from an OCM share reads with the share's."""
     assert rt.redis is not None and rt.session is not None
-    source, destination = await endpoint_headers(rt.redis, record.job_id, record.index)
-    return source or await share_headers(rt.redis, rt.session, record.job_id), destination
+    source, destination = await endpoint_tokens(rt.redis, record.job_id, record.index)
+    if source is None:
+        source = await bearer_of(await share_headers(rt.redis, rt.session, record.job_id))
+    return source, destination
 
 
 async def move_rclone_file(rt: WorkerRuntime, run: FileRun) -> Copied:
     """Copy one file with rclone's ``operations/copyfile``, then verify it ourselves."""
     record = run.record
     daemon = await daemon_for(rt)
-    source_auth, destination_auth = await _endpoint_auth(rt, record)
-    src_fs, src_remote = split_endpoint(record.source, await bearer_of(source_auth))
-    dst_fs, dst_remote = split_endpoint(record.destination, await bearer_of(destination_auth))
+    source_token, destination_token = await _endpoint_tokens(rt, record)
+    src_fs, src_remote = split_endpoint(record.source, source_token)
+    dst_fs, dst_remote = split_endpoint(record.destination, destination_token)
     overwrite = bool(run.params and run.params.overwrite)
     # a second attempt may replace what our own first attempt left behind
     if not overwrite and record.attempts <= 1 and await _exists(daemon, dst_fs, dst_remote):
@@ -331,7 +338,8 @@ async def move_rclone_file(rt: WorkerRuntime, run: FileRun) -> Copied:
             await daemon.call("core/stats-delete", {"group": group})
     if not status.get("success"):
         raise classify_error(str(status.get("error") or "the copy failed without a message"))
-    return await _verify(rt, daemon, run, dst_fs, dst_remote, destination_auth or no_headers)
+    read_auth = bearer_headers(destination_token) if destination_token else no_headers
+    return await _verify(rt, daemon, run, dst_fs, dst_remote, read_auth)
 
 
 async def _exists(daemon: RcloneDaemon, fs: Fs, remote: str) -> bool:

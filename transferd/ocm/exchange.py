@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import aiohttp
 from redis.asyncio import Redis
 
+from transferd.endpoint_tokens import bearer_headers
 from transferd.errors import AuthError, RetryableError
 
 __all__ = [
@@ -129,13 +130,6 @@ class TokenExchanger:
         return {"Authorization": f"Bearer {await self.token()}"}
 
 
-def _bearer(secret: str) -> HeaderProvider:
-    async def provider() -> Mapping[str, str]:
-        return {"Authorization": f"Bearer {secret}"}
-
-    return provider
-
-
 _exchangers: OrderedDict[tuple[str, str], TokenExchanger] = OrderedDict()
 
 
@@ -157,7 +151,7 @@ async def share_headers(
         raise AuthError("the share was withdrawn: its secret is gone")
     secret = _text(secret_raw)
     if _text(raw[1] or b"0") != "1":
-        return _bearer(secret)
+        return bearer_headers(secret)
     endpoint, client_id = _text(raw[2] or b""), _text(raw[3] or b"")
     key = (job_id, endpoint)
     exchanger = _exchangers.get(key)
