@@ -95,14 +95,22 @@ async def test_nginx_to_file_in_parallel_chunks(
         assert all(e.status == 206 for e in gets)
 
 
+def served_with_one_reset(nginx: NginxServer, fault_proxy: Callable[[str], FaultProxy],
+                          name: str) -> tuple[bytes, FaultProxy]:
+    """10 MiB + 333 B as ``name`` on nginx, behind a proxy that resets one connection half
+    way through its fourth MiB (chunk 3 with 1 MiB chunks on one stream)."""
+    data = os.urandom(10 * MiB + 333)
+    put(nginx.root, name, data)
+    proxy = fault_proxy(nginx.url)
+    proxy.set(reset_after_bytes=3 * MiB + MiB // 2, resets_left=1)
+    return data, proxy
+
+
 async def test_resume_after_reset_fetches_only_missing_chunks(
         nginx_server: NginxServer, fault_proxy: Callable[[str], FaultProxy],
         session: aiohttp.ClientSession, aredis: redis.asyncio.Redis, tmp_path: Path) -> None:
-    size = 10 * MiB + 333
-    data = os.urandom(size)
-    put(nginx_server.root, "big.tar", data)
-    proxy = fault_proxy(nginx_server.url)
-    proxy.set(reset_after_bytes=3 * MiB + MiB // 2, resets_left=1)
+    data, proxy = served_with_one_reset(nginx_server, fault_proxy, "big.tar")
+    size = len(data)
     dst = tmp_path / "big.tar"
     store = RedisManifestStore(aredis, "td:manifest:big.0")
 
@@ -139,11 +147,8 @@ async def test_resume_after_reset_fetches_only_missing_chunks(
 async def test_a_reset_chunk_is_fetched_again_within_the_attempt(
         nginx_server: NginxServer, fault_proxy: Callable[[str], FaultProxy],
         session: aiohttp.ClientSession, aredis: redis.asyncio.Redis, tmp_path: Path) -> None:
-    size = 10 * MiB + 333
-    data = os.urandom(size)
-    put(nginx_server.root, "again.tar", data)
-    proxy = fault_proxy(nginx_server.url)
-    proxy.set(reset_after_bytes=3 * MiB + MiB // 2, resets_left=1)
+    data, proxy = served_with_one_reset(nginx_server, fault_proxy, "again.tar")
+    size = len(data)
     dst = tmp_path / "again.tar"
     store = RedisManifestStore(aredis, "td:manifest:again.0")
     one_stream = ChunkPolicy(chunk_size_bytes=MiB, min_chunk_bytes=MiB, max_streams=1)
